@@ -1,0 +1,125 @@
+"""The app factory: builds the service from Settings."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from litestar import Litestar
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from app.api.health import health, metrics, ready
+from app.api.problems import (
+    ProblemError,
+    http_exception_handler,
+    internal_error_handler,
+    problem_response,
+)
+from app.api.requests import RequestController
+from app.api.services import ApiLimits, Services
+from app.api.stream import StreamController
+from app.domain.markers import MarkerLimits
+from app.generation.pool import RunnerPool
+from app.generation.providers.demo import DemoProvider
+from app.generation.runner import Runner, RunnerConfig
+from app.settings import Settings
+from app.store.engine import create_engines
+from app.store.log import EventLog
+from app.store.queue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+SHUTDOWN_GRACE_S = 5.0
+
+
+def migrations_head() -> str | None:
+    """The newest Alembic revision shipped with this code."""
+    if not MIGRATIONS_DIR.is_dir():
+        return None
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def build_services(settings: Settings) -> Services:
+    """Wire the log, queue, runner pool and limits from settings."""
+    engines = create_engines(
+        settings.database_url,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+    )
+    event_log = EventLog(engines, batch_max=settings.commit_batch_max)
+    queue = WorkQueue(engines, owner=f"node-{secrets.token_hex(6)}")
+    runner = Runner(
+        event_log,
+        DemoProvider(token_delay_ms=settings.demo_token_delay_ms),
+        RunnerConfig(
+            flush_interval_s=settings.flush_interval_ms / 1000.0,
+            flush_max_chars=settings.flush_max_chars,
+            timeout_s=settings.generation_timeout_s,
+            marker_limits=MarkerLimits(),
+        ),
+    )
+    pool = RunnerPool(runner, queue, event_log, size=settings.runners)
+    return Services(
+        engines=engines,
+        log=event_log,
+        queue=queue,
+        pool=pool,
+        limits=ApiLimits(
+            max_prompt_chars=settings.max_prompt_chars,
+            max_context_bytes=settings.max_context_bytes,
+            max_active_per_user=settings.max_active_per_user,
+            sse_retry_ms=settings.sse_retry_ms,
+            sse_ping_interval_s=settings.sse_ping_interval_s,
+            stream_idle_timeout_s=settings.stream_idle_timeout_s,
+            model=settings.model,
+        ),
+        migrations_head=migrations_head(),
+    )
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """The genstream Litestar application."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        svc = build_services(settings)
+        app.state["services"] = svc
+        await svc.log.start()
+        await svc.pool.start()
+        try:
+            yield
+        finally:
+            svc.begin_shutdown()
+            await svc.pool.stop(grace_s=SHUTDOWN_GRACE_S)
+            await svc.log.close()
+            await svc.engines.dispose()
+
+    return Litestar(
+        route_handlers=[RequestController, StreamController, health, ready, metrics],
+        lifespan=[lifespan],
+        exception_handlers={
+            ProblemError: problem_response,
+            HTTPException: http_exception_handler,
+            Exception: internal_error_handler,
+        },
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="genstream",
+            version="0.1.0",
+            description="AI generations streamed over SSE from a durable event log.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+    )

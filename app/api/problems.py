@@ -1,0 +1,113 @@
+"""Errors as RFC 9457 problem details, each with a code and what to do about it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An RFC 9457 problem details body."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class ProblemError(Exception):
+    """Raised by handlers to answer with a problem details response."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.title = title or code.replace("_", " ").capitalize()
+        self.headers = headers or {}
+        self.errors = errors
+
+
+def problem_response(request: Request[Any, Any, Any], exc: ProblemError) -> Response[Problem]:
+    """The problem details response for ``exc``."""
+    body = Problem(
+        type=f"/problems/{exc.code}",
+        title=exc.title,
+        status=exc.status,
+        detail=exc.detail,
+        code=exc.code,
+        instance=request.url.path,
+        errors=exc.errors,
+    )
+    return Response(
+        body, status_code=exc.status, media_type=PROBLEM_MEDIA_TYPE, headers=exc.headers
+    )
+
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    429: "too_many_requests",
+}
+
+
+def http_exception_handler(
+    request: Request[Any, Any, Any], exc: HTTPException
+) -> Response[Problem]:
+    """Framework errors (unknown route, body too large, bad parameter) as problems."""
+    status = exc.status_code
+    code = _CODES.get(status, "http_error")
+    detail = exc.detail
+    errors: list[dict[str, Any]] | None = None
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        errors = [e for e in exc.extra if isinstance(e, dict)]
+        detail = (
+            "; ".join(f"{e.get('key', 'input')}: {e.get('message', 'invalid')}" for e in errors)
+            or detail
+        )
+        code = "invalid_parameter"
+    if status == 413:
+        detail = "the request body is too large; send a smaller prompt or context"
+    if status == 404 and code == "not_found":
+        detail = f"no route {request.method} {request.url.path}"
+    return problem_response(
+        request,
+        ProblemError(status, code, detail, headers=dict(exc.headers or {}), errors=errors),
+    )
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    """Anything unexpected: logged with its traceback, answered without internals."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        request,
+        ProblemError(
+            HTTP_500_INTERNAL_SERVER_ERROR,
+            "internal",
+            "the service failed to handle this request; it has been logged",
+        ),
+    )

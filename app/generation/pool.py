@@ -1,0 +1,153 @@
+"""A bounded pool of runner tasks fed by the durable work queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from app.domain.events import Error
+from app.generation.runner import Runner
+from app.store.log import EventLog, StreamClosed
+from app.store.queue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+class RunnerPool:
+    """Claims queued requests and runs at most ``size`` of them at a time."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        queue: WorkQueue,
+        event_log: EventLog,
+        *,
+        size: int,
+        poll_interval_s: float = 1.0,
+        lease_renew_s: float = 10.0,
+    ) -> None:
+        self._runner = runner
+        self._queue = queue
+        self._log = event_log
+        self._size = size
+        self._poll = poll_interval_s
+        self._renew = lease_renew_s
+        self._work = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._cancel_reasons: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Recover what a dead process left behind, then start the workers."""
+        await self.recover()
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"runner-{n}") for n in range(self._size)
+        ]
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="lease-heartbeat"))
+
+    async def recover(self) -> list[str]:
+        """End requests left ``running`` as interrupted; put unstarted claims back."""
+        interrupted = await self._queue.orphaned_running()
+        for request_id in interrupted:
+            with contextlib.suppress(StreamClosed):
+                await self._log.append(
+                    request_id,
+                    [
+                        Error(
+                            code="interrupted",
+                            message="the service stopped during the generation; "
+                            "regenerate to retry",
+                            retryable=True,
+                        )
+                    ],
+                )
+        released = await self._queue.release_unstarted()
+        if interrupted or released:
+            log.info(
+                "recovered %d interrupted and %d unstarted requests", len(interrupted), released
+            )
+        return interrupted
+
+    def notify(self) -> None:
+        """New work was queued: wake an idle worker now rather than at the next poll."""
+        self._work.set()
+
+    def is_running(self, request_id: str) -> bool:
+        """Whether this process is running ``request_id`` right now."""
+        return request_id in self._running
+
+    async def cancel(self, request_id: str, reason: str) -> None:
+        """Stop a request if this process runs it, and wait until its runner has let go.
+
+        A runner that was already generating ends the request with ``cancelled{reason}``;
+        one cancelled before it started writes nothing, so callers end the stream too.
+        """
+        task = self._running.get(request_id)
+        if task is None:
+            return
+        self._cancel_reasons[request_id] = reason
+        task.cancel()
+        await asyncio.wait({task})
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop`` has been called."""
+        return self._stopping
+
+    @property
+    def active(self) -> int:
+        """Generations running in this process."""
+        return len(self._running)
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; give running generations ``grace_s`` to finish, then interrupt them."""
+        self._stopping = True
+        self._work.set()
+        running = set(self._running.values())
+        if running and grace_s > 0:
+            await asyncio.wait(running, timeout=grace_s)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _worker(self) -> None:
+        while not self._stopping:
+            self._work.clear()
+            try:
+                request_id = await self._queue.claim()
+            except Exception:
+                log.exception("claiming queued work failed; retrying")
+                request_id = None
+            if self.stopping:
+                break  # a claim made while stopping is released at the next start
+            if request_id is None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll):
+                        await self._work.wait()
+                continue
+            task = asyncio.create_task(
+                self._runner.run(request_id, cancel_reason=self._cancel_reasons),
+                name=f"run-{request_id}",
+            )
+            self._running[request_id] = task
+            try:
+                # wait() rather than await: cancelling the run must not cancel the worker.
+                await asyncio.wait({task})
+            finally:
+                self._running.pop(request_id, None)
+                self._cancel_reasons.pop(request_id, None)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._renew)
+            try:
+                await self._queue.renew(list(self._running))
+            except Exception:
+                log.exception("renewing leases failed")

@@ -1,0 +1,223 @@
+"""Runs one request: its stages, its coalesced model output, and exactly one terminal event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from app.domain.events import (
+    Action,
+    Cancelled,
+    Complete,
+    ComponentSummary,
+    ContentBlockStart,
+    ContentBlockStop,
+    Created,
+    Error,
+    Payload,
+    ResponseChunk,
+    Stage,
+    Status,
+    Usage,
+)
+from app.domain.markers import MarkerLimits, MarkerParser, ParseBudgetExceeded
+from app.generation.coalesce import coalesce
+from app.generation.providers.base import Finished, Job, Provider, ProviderError, ToolCall
+from app.store.log import EventLog, StreamClosed
+
+log = logging.getLogger(__name__)
+
+EDIT_ACTIONS = frozenset({"update_component", "insert_component", "remove_component"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerConfig:
+    """How the runner paces and bounds a generation."""
+
+    flush_interval_s: float = 0.05
+    flush_max_chars: int = 2_048
+    timeout_s: float = 300.0
+    marker_limits: MarkerLimits = field(default_factory=MarkerLimits)
+
+
+class Runner:
+    """Turns a claimed request into events in the log."""
+
+    def __init__(self, event_log: EventLog, provider: Provider, config: RunnerConfig) -> None:
+        self._log = event_log
+        self._provider = provider
+        self._config = config
+
+    async def run(self, request_id: str, *, cancel_reason: dict[str, str]) -> None:
+        """Run ``request_id`` to its terminal event.
+
+        If the task is cancelled, the reason recorded in ``cancel_reason`` decides the
+        ending: a user's cancel ends in ``cancelled``; anything else (shutdown) ends in
+        ``error{code: interrupted}``.
+        """
+        first = await self._log.read(request_id, 0, limit=1)
+        created = first[0].payload() if first else None
+        if not isinstance(created, Created):
+            log.error("request %s has no created event; not running it", request_id)
+            return
+        job = Job(
+            request_id=request_id,
+            mode=created.mode,
+            prompt=created.prompt,
+            context=created.context,
+            model=created.model,
+        )
+        try:
+            await self._log.append(
+                request_id,
+                [
+                    Status(status="running", message="a runner took the request"),
+                    Stage(stage="generating", progress=10, message="the model is writing"),
+                ],
+            )
+        except StreamClosed:
+            return  # cancelled while it waited in the queue
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._config.timeout_s):
+                ending = await self._generate(job, created, started)
+        except asyncio.CancelledError:
+            reason = cancel_reason.pop(request_id, None)
+            ending = [
+                Cancelled(reason=reason)
+                if reason is not None
+                else Error(
+                    code="interrupted",
+                    message="the service stopped during the generation; regenerate to retry",
+                    retryable=True,
+                )
+            ]
+        except TimeoutError:
+            ending = [
+                Error(
+                    code="timeout",
+                    message=f"the generation took longer than {self._config.timeout_s:g} s",
+                    retryable=True,
+                )
+            ]
+        except ParseBudgetExceeded as exc:
+            ending = [Error(code="parse_error", message=str(exc), retryable=True)]
+        except ProviderError as exc:
+            ending = [Error(code=exc.code, message=exc.message, retryable=exc.retryable)]
+        except StreamClosed:
+            return  # another writer (a cancel) already ended it
+        except Exception:
+            log.exception("generation of %s failed", request_id)
+            ending = [
+                Error(code="internal", message="the generation failed unexpectedly", retryable=True)
+            ]
+        with contextlib.suppress(StreamClosed):
+            await self._log.append(request_id, ending)
+
+    async def _generate(self, job: Job, created: Created, started: float) -> list[Payload]:
+        parser = MarkerParser(self._config.marker_limits) if job.mode == "generate" else None
+        text: list[str] = []
+        tokens = 0
+        usage = Usage()
+        finish_reason = "stop"
+        actions: list[Payload] = []
+        components: dict[int, ComponentSummary] = {}
+        source = self._provider.stream(job)
+        async for flush in coalesce(
+            source,
+            interval_s=self._config.flush_interval_s,
+            max_chars=self._config.flush_max_chars,
+        ):
+            tokens += flush.tokens
+            batch: list[Payload] = []
+            if flush.text:
+                text.append(flush.text)
+                produced: list[Payload] = (
+                    parser.feed(flush.text) if parser else [ResponseChunk(delta=flush.text)]
+                )
+                batch.extend(_with_tokens(produced, tokens))
+            for other in flush.others:
+                if isinstance(other, Finished):
+                    usage, finish_reason = other.usage, other.finish_reason
+                elif isinstance(other, ToolCall):
+                    actions.extend(_tool_action(job, other))
+            _note_components(batch, components)
+            if batch:
+                await self._log.append(job.request_id, batch)
+        if parser is not None and (tail := parser.finish()):
+            _note_components(tail, components)
+            await self._log.append(job.request_id, _with_tokens(tail, tokens))
+        content = "".join(text)
+        output: str | None = None
+        if job.mode == "field":
+            output = content.strip()
+            actions.append(
+                Action(
+                    action="set_field",
+                    element_id=str(job.context.get("element_id", "")),
+                    field=str(job.context.get("field", "")),
+                    value=output,
+                )
+            )
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        return [
+            *actions,
+            Stage(stage="finalizing", progress=95, message="assembling the result"),
+            Complete(
+                content=content,
+                components=sorted(components.values(), key=lambda c: c.index),
+                output=output,
+                usage=usage,
+                model=created.model,
+                elapsed_ms=elapsed_ms,
+                finish_reason=finish_reason,
+            ),
+        ]
+
+
+def _with_tokens(payloads: list[Payload], tokens: int) -> list[Payload]:
+    return [
+        ResponseChunk(delta=p.delta, index=p.index, tokens=tokens)
+        if isinstance(p, ResponseChunk)
+        else p
+        for p in payloads
+    ]
+
+
+def _note_components(batch: list[Payload], components: dict[int, ComponentSummary]) -> None:
+    for payload in batch:
+        if isinstance(payload, ContentBlockStart):
+            components[payload.index] = ComponentSummary(
+                index=payload.index,
+                name=payload.name,
+                position=payload.position,
+                status="streaming",
+                size=0,
+            )
+        elif isinstance(payload, ContentBlockStop) and payload.index in components:
+            c = components[payload.index]
+            components[payload.index] = ComponentSummary(
+                index=c.index,
+                name=c.name,
+                position=c.position,
+                status=payload.status,
+                size=payload.size,
+            )
+
+
+def _tool_action(job: Job, call: ToolCall) -> list[Payload]:
+    if job.mode != "edit" or call.name not in EDIT_ACTIONS:
+        return []
+    args = call.arguments
+    index = args.get("index")
+    return [
+        Action(
+            action=call.name,
+            index=index if isinstance(index, int) else None,
+            name=str(args["name"]) if "name" in args else None,
+            content=str(args["content"]) if "content" in args else None,
+        )
+    ]

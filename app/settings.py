@@ -1,0 +1,101 @@
+"""Settings, read once from the environment (``GENSTREAM_*``) at the edge of the program."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/genstream.db"
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value genstream cannot use."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Every tunable of the service, with its default."""
+
+    host: str = "127.0.0.1"
+    """Address the HTTP server binds to."""
+    port: int = 8000
+    """Port the HTTP server binds to."""
+    database_url: str = DEFAULT_DATABASE_URL
+    """SQLAlchemy async URL of the event log."""
+    sqlite_synchronous: str = "NORMAL"
+    """SQLite ``PRAGMA synchronous`` (NORMAL is durable across process crashes in WAL)."""
+    sqlite_busy_timeout_ms: int = 5_000
+    """How long a SQLite connection waits for a lock before failing."""
+    provider: str = "demo"
+    """Model provider: ``demo`` (embedded, offline)."""
+    model: str = "genstream-demo-1"
+    """Model name recorded in ``created`` and ``complete``."""
+    demo_token_delay_ms: float = 15.0
+    """Pause between tokens of the demo model."""
+    runners: int = 8
+    """Generations run concurrently by this process."""
+    flush_interval_ms: float = 50.0
+    """Model deltas are coalesced into one event per interval..."""
+    flush_max_chars: int = 2_048
+    """...or as soon as this many characters are buffered."""
+    generation_timeout_s: float = 300.0
+    """A generation running longer ends with ``error{code: timeout}``."""
+    max_active_per_user: int = 5
+    """Queued plus running requests one user may have (429 beyond)."""
+    max_prompt_chars: int = 20_000
+    """Longest accepted prompt."""
+    max_context_bytes: int = 65_536
+    """Largest accepted ``context`` object, as JSON."""
+    max_body_bytes: int = 262_144
+    """Largest accepted request body (413 beyond)."""
+    sse_retry_ms: int = 2_000
+    """Reconnect delay suggested to EventSource clients."""
+    sse_ping_interval_s: float = 15.0
+    """A ``: ping`` comment is sent after this long without an event."""
+    stream_idle_timeout_s: float = 60.0
+    """A stream with no new event for this long is closed (the client resumes)."""
+    commit_batch_max: int = 1_024
+    """Most appends folded into one group-commit transaction."""
+    log_level: str = "info"
+    """Log level of the service."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``GENSTREAM_*`` variables; unknown names are ignored."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f"GENSTREAM_{f.name.upper()}"
+            if key not in env:
+                continue
+            raw = env[key]
+            kind = type(getattr(cls(), f.name))
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise SettingsError(f"{key}={raw!r} is not a valid {kind.__name__}") from None
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject values that cannot work, with the variable to fix."""
+        if self.provider not in {"demo"}:
+            raise SettingsError(f"GENSTREAM_PROVIDER={self.provider!r}: supported: demo")
+        if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise SettingsError("GENSTREAM_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")
+        for name in ("runners", "max_active_per_user", "commit_batch_max", "port"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"GENSTREAM_{name.upper()} must be at least 1")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file, when the log is a SQLite file."""
+        prefix = "sqlite+aiosqlite:///"
+        if not self.database_url.startswith(prefix):
+            return None
+        path = self.database_url.removeprefix(prefix).split("?", 1)[0]
+        return None if path in ("", ":memory:") else Path(path)

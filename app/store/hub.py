@@ -1,0 +1,117 @@
+"""In-process wake-ups: the writer hands each committed event to the request's subscribers.
+
+Subscribers get committed events straight from the writer (no per-subscriber database
+read on the live path). A subscriber that falls behind by more than its buffer is marked
+lagged and refills from the database, so a slow client costs memory only up to a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from collections.abc import Iterable
+
+from app.domain.events import StoredEvent, envelope_json
+
+
+class Committed:
+    """A committed event plus its client JSON, encoded at most once for all subscribers."""
+
+    __slots__ = ("_envelope", "event")
+
+    def __init__(self, event: StoredEvent) -> None:
+        self.event = event
+        self._envelope: bytes | None = None
+
+    @property
+    def envelope(self) -> bytes:
+        """The JSON sent to clients (``request_id``, ``seq``, ``type``, ``at``, payload)."""
+        if self._envelope is None:
+            self._envelope = envelope_json(self.event)
+        return self._envelope
+
+
+class Mailbox:
+    """One subscriber's bounded buffer of committed events."""
+
+    __slots__ = ("_items", "_limit", "_wakeup", "lagged")
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[Committed] = deque()
+        self._limit = limit
+        self._wakeup = asyncio.Event()
+        self.lagged = False
+
+    def put(self, item: Committed) -> None:
+        if len(self._items) >= self._limit:
+            self._items.clear()
+            self.lagged = True
+        else:
+            self._items.append(item)
+        self._wakeup.set()
+
+    def take(self) -> list[Committed]:
+        """Everything buffered, oldest first."""
+        items = list(self._items)
+        self._items.clear()
+        self._wakeup.clear()
+        return items
+
+    async def wait(self, wait_s: float) -> bool:
+        """Wait up to ``wait_s`` for something to arrive; False when nothing did."""
+        if self._items or self.lagged:
+            return True
+        try:
+            async with asyncio.timeout(wait_s):
+                await self._wakeup.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def wake(self) -> None:
+        """Wake the subscriber without an event (e.g. the service is shutting down)."""
+        self._wakeup.set()
+
+
+class Hub:
+    """Routes committed events to the mailboxes registered for their request."""
+
+    def __init__(self, mailbox_limit: int = 4_096) -> None:
+        self._boxes: defaultdict[str, set[Mailbox]] = defaultdict(set)
+        self._limit = mailbox_limit
+
+    def register(self, request_id: str) -> Mailbox:
+        """A new mailbox for ``request_id``; register it *before* reading the backlog."""
+        box = Mailbox(self._limit)
+        self._boxes[request_id].add(box)
+        return box
+
+    def unregister(self, request_id: str, box: Mailbox) -> None:
+        """Stop delivering to ``box``."""
+        boxes = self._boxes.get(request_id)
+        if boxes is None:
+            return
+        boxes.discard(box)
+        if not boxes:
+            del self._boxes[request_id]
+
+    def publish(self, events: Iterable[StoredEvent]) -> None:
+        """Deliver committed events to their request's subscribers."""
+        for event in events:
+            boxes = self._boxes.get(event.request_id)
+            if not boxes:
+                continue
+            item = Committed(event)
+            for box in boxes:
+                box.put(item)
+
+    def wake_all(self) -> None:
+        """Wake every subscriber (used at shutdown)."""
+        for boxes in self._boxes.values():
+            for box in boxes:
+                box.wake()
+
+    @property
+    def subscribers(self) -> int:
+        """Open subscriptions in this process."""
+        return sum(len(boxes) for boxes in self._boxes.values())

@@ -1,0 +1,518 @@
+"""The event log: group-committed appends, reads, and live subscriptions.
+
+One writer task per process owns every write to ``events`` and ``requests``. Producers
+enqueue appends and await their commit; the writer folds whatever is waiting into one
+transaction (group commit), assigns each request's next dense ``seq`` inside it, updates
+the ``requests`` read model in the same transaction, and only after the commit hands the
+events to subscribers. So a client is never sent an event a crash could take back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.domain.events import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    UPCASTERS,
+    Created,
+    Payload,
+    StoredEvent,
+    UpcasterRegistry,
+    encode_payload,
+    event_type,
+    is_terminal,
+    status_after,
+    utcnow,
+)
+from app.store.engine import Engines
+from app.store.hub import Committed, Hub
+from app.store.tables import events, requests
+
+log = logging.getLogger(__name__)
+
+
+class AppendRejected(Exception):
+    """The log refused an append; nothing of it was written."""
+
+
+class StreamClosed(AppendRejected):
+    """The request already has its terminal event: nothing may follow it."""
+
+
+class UnknownRequest(AppendRejected):
+    """No request with that ID exists."""
+
+
+class DuplicateRequest(AppendRejected):
+    """A request with that ID, or that user's idempotency key, already exists."""
+
+
+class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A row of the ``requests`` read model."""
+
+    request_id: str
+    user_id: str
+    mode: str
+    track_id: str | None
+    element_id: str | None
+    status: str
+    last_seq: int
+    created_at: datetime
+    updated_at: datetime
+    idempotency_key: str | None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the request has ended."""
+        return self.status in TERMINAL_STATUSES
+
+
+class NewRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The header of a request about to be created with its ``created`` event."""
+
+    request_id: str
+    user_id: str
+    mode: str
+    track_id: str | None = None
+    element_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(slots=True)
+class LogStats:
+    """Counters of the writer, for metrics and for proving that commits are grouped."""
+
+    commits: int = 0
+    events: int = 0
+    appends: int = 0
+    largest_batch: int = 0
+
+
+@dataclass(slots=True)
+class _Append:
+    request_id: str
+    payloads: Sequence[Payload]
+    new: NewRequest | None
+    done: asyncio.Future[list[StoredEvent]] = field(repr=False)
+
+
+_STOP = object()
+
+
+class EventLog:
+    """Append-only log of events keyed by request, with group commit and live tails."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        *,
+        hub: Hub | None = None,
+        batch_max: int = 1024,
+        upcasters: UpcasterRegistry = UPCASTERS,
+    ):
+        self._engines = engines
+        self._upcasters = upcasters
+        self.hub = hub or Hub()
+        self._batch_max = batch_max
+        self._queue: asyncio.Queue[_Append | object] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.stats = LogStats()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer task."""
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="event-log-writer")
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop the writer."""
+        if self._writer is not None:
+            self._queue.put_nowait(_STOP)
+            await self._writer
+            self._writer = None
+
+    # --- writes ---------------------------------------------------------------------------
+
+    async def create(self, new: NewRequest, payloads: Sequence[Payload]) -> list[StoredEvent]:
+        """Create a request: its header row and its first events, ``created`` first."""
+        if not payloads or not isinstance(payloads[0], Created):
+            raise ValueError("a request's first event must be created")
+        return await self._submit(new.request_id, payloads, new)
+
+    async def append(self, request_id: str, payloads: Sequence[Payload]) -> list[StoredEvent]:
+        """Append events to an existing request; returns them as committed."""
+        if not payloads:
+            return []
+        if any(isinstance(p, Created) for p in payloads):
+            raise ValueError("created is only ever a request's first event")
+        return await self._submit(request_id, payloads, None)
+
+    async def _submit(
+        self, request_id: str, payloads: Sequence[Payload], new: NewRequest | None
+    ) -> list[StoredEvent]:
+        if self._writer is None:
+            raise RuntimeError("the event log writer is not running")
+        terminal_at = [i for i, p in enumerate(payloads) if is_terminal(p)]
+        if terminal_at and terminal_at[0] != len(payloads) - 1:
+            raise ValueError("a terminal event must be the last one appended")
+        done: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Append(request_id, payloads, new, done))
+        return await done
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            batch: list[_Append] = []
+            if first is _STOP:
+                stopping = True
+            else:
+                assert isinstance(first, _Append)
+                batch.append(first)
+            while len(batch) < self._batch_max and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is _STOP:
+                    stopping = True
+                    continue
+                assert isinstance(item, _Append)
+                batch.append(item)
+            if batch:
+                await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[_Append]) -> None:
+        try:
+            outcomes = await self._commit(batch)
+        except IntegrityError:
+            # One conflicting append (a duplicate idempotency key, or another process that
+            # took the same seq) must not fail its neighbours: commit each one alone.
+            for item in batch:
+                await self._commit_alone(item)
+            return
+        except Exception as exc:
+            log.exception("group commit of %d appends failed", len(batch))
+            for item in batch:
+                _settle(item, exc)
+            return
+        committed = [e for outcome in outcomes if isinstance(outcome, list) for e in outcome]
+        self.hub.publish(committed)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            _settle(item, outcome)
+
+    async def _commit_alone(self, item: _Append) -> None:
+        try:
+            (outcome,) = await self._commit([item])
+        except IntegrityError:
+            outcome = (
+                DuplicateRequest(item.request_id)
+                if item.new is not None
+                else AppendRejected(f"write conflict on {item.request_id}")
+            )
+        except Exception as exc:
+            log.exception("commit of an append to %s failed", item.request_id)
+            outcome = exc
+        if isinstance(outcome, list):
+            self.hub.publish(outcome)
+        _settle(item, outcome)
+
+    async def _commit(self, batch: list[_Append]) -> list[list[StoredEvent] | Exception]:
+        at = utcnow()
+        async with self._engines.write.begin() as conn:
+            state = await _load_state(conn, {i.request_id for i in batch if i.new is None})
+            new_rows: list[dict[str, object]] = []
+            event_rows: list[dict[str, object]] = []
+            written: list[tuple[str, int, str, bytes]] = []
+            outcomes: list[list[StoredEvent] | Exception] = []
+            spans: list[tuple[int, int]] = []
+            for item in batch:
+                rejection = _check(item, state)
+                if rejection is not None:
+                    outcomes.append(rejection)
+                    spans.append((0, 0))
+                    continue
+                if item.new is not None:
+                    new_rows.append(_header_row(item.new, at))
+                    state[item.request_id] = _State(0, "queued")
+                current = state[item.request_id]
+                start = len(event_rows)
+                for payload in item.payloads:
+                    current.last_seq += 1
+                    current.status = status_after(payload) or current.status
+                    type_, data = event_type(payload), encode_payload(payload)
+                    written.append((item.request_id, current.last_seq, type_, data))
+                    event_rows.append(
+                        {
+                            "request_id": item.request_id,
+                            "seq": current.last_seq,
+                            "type": type_,
+                            "v": self._upcasters.current_version(type_),
+                            "data": data.decode(),
+                            "at": at,
+                        }
+                    )
+                current.touched = True
+                outcomes.append([])
+                spans.append((start, len(event_rows)))
+            if new_rows:
+                await conn.execute(insert(requests), new_rows)
+            ids: list[int] = []
+            if event_rows:
+                result = await conn.execute(
+                    insert(events).returning(events.c.id, sort_by_parameter_order=True),
+                    event_rows,
+                )
+                ids = [row[0] for row in result]
+            touched = [
+                {"b_id": rid, "b_seq": s.last_seq, "b_status": s.status, "b_at": at}
+                for rid, s in state.items()
+                if s.touched
+            ]
+            if touched:
+                await conn.execute(
+                    update(requests)
+                    .where(requests.c.request_id == bindparam("b_id"))
+                    .values(
+                        last_seq=bindparam("b_seq"),
+                        status=bindparam("b_status"),
+                        updated_at=bindparam("b_at"),
+                    ),
+                    touched,
+                )
+        self.stats.commits += 1
+        self.stats.events += len(event_rows)
+        self.stats.appends += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        for n, (start, end) in enumerate(spans):
+            if start != end:
+                outcomes[n] = [
+                    StoredEvent(id=ids[k], request_id=rid, seq=seq, type=type_, at=at, data=data)
+                    for k, (rid, seq, type_, data) in enumerate(written[start:end], start)
+                ]
+        return outcomes
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def read(
+        self, request_id: str, after: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        """Committed events of ``request_id`` with ``seq > after``, in order."""
+        query = (
+            select(events.c.id, events.c.seq, events.c.type, events.c.v, events.c.data, events.c.at)
+            .where(events.c.request_id == request_id, events.c.seq > after)
+            .order_by(events.c.seq)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._engines.read.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_stored(request_id, row, self._upcasters) for row in rows]
+
+    async def get(self, request_id: str) -> RequestRecord | None:
+        """The read-model row of a request, or None."""
+        async with self._engines.read.connect() as conn:
+            row = (
+                await conn.execute(select(requests).where(requests.c.request_id == request_id))
+            ).first()
+        return None if row is None else _record(row)
+
+    async def find_idempotent(self, user_id: str, key: str) -> RequestRecord | None:
+        """The request a user created with this idempotency key, if any."""
+        async with self._engines.read.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(requests).where(
+                        requests.c.user_id == user_id, requests.c.idempotency_key == key
+                    )
+                )
+            ).first()
+        return None if row is None else _record(row)
+
+    async def active_for_element(self, user_id: str, element_id: str) -> RequestRecord | None:
+        """A user's queued or running ``field`` request for an editor element, if any."""
+        async with self._engines.read.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(requests).where(
+                        requests.c.user_id == user_id,
+                        requests.c.element_id == element_id,
+                        requests.c.status.in_(ACTIVE_STATUSES),
+                    )
+                )
+            ).first()
+        return None if row is None else _record(row)
+
+    def subscribe(self, request_id: str, after: int) -> Subscription:
+        """A live tail of ``request_id`` from ``seq > after``."""
+        return Subscription(self, request_id, after)
+
+
+class Subscription:
+    """Each committed event of one request exactly once, in order, then its live tail.
+
+    The mailbox is registered before the backlog is read, so an event committed while
+    the backlog query runs is in one or both of them; duplicates are dropped by ``seq``,
+    and any gap (a lagged mailbox) is filled from the database.
+    """
+
+    page_size = 500
+
+    def __init__(self, log: EventLog, request_id: str, after: int) -> None:
+        self._log = log
+        self.request_id = request_id
+        self.last_seq = after
+        self.finished = False
+        self._box = log.hub.register(request_id)
+        self._backlog_done = False
+
+    def close(self) -> None:
+        """Stop receiving wake-ups."""
+        self._log.hub.unregister(self.request_id, self._box)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    async def next(self, wait_s: float) -> list[Committed]:
+        """The next committed events in order; empty on timeout or a bare wake-up."""
+        if self.finished:
+            return []
+        if not self._backlog_done:
+            page = await self._from_db()
+            if page:
+                return page
+            self._backlog_done = True
+        if not await self._box.wait(wait_s):
+            return []
+        if self._box.lagged:
+            self._box.lagged = False
+            self._box.take()
+            return await self._from_db()
+        out: list[Committed] = []
+        for item in self._box.take():
+            seq = item.event.seq
+            if seq <= self.last_seq:
+                continue
+            if seq != self.last_seq + 1:
+                return out + await self._from_db()
+            out.append(self._advance(item))
+            if item.event.terminal:
+                break
+        return out
+
+    def wake(self) -> None:
+        """Make a pending ``next`` return (used when the server is shutting down)."""
+        self._box.wake()
+
+    async def _from_db(self) -> list[Committed]:
+        rows = await self._log.read(self.request_id, self.last_seq, self.page_size)
+        out: list[Committed] = []
+        for event in rows:
+            out.append(self._advance(Committed(event)))
+            if self.finished:
+                break
+        # A full page means there may be more in the database than any wake-up will bring.
+        self._backlog_done = len(rows) < self.page_size
+        return out
+
+    def _advance(self, item: Committed) -> Committed:
+        self.last_seq = item.event.seq
+        if item.event.terminal:
+            self.finished = True
+        return item
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _State:
+    last_seq: int
+    status: str
+    touched: bool = False
+
+
+async def _load_state(conn: AsyncConnection, request_ids: set[str]) -> dict[str, _State]:
+    if not request_ids:
+        return {}
+    rows = await conn.execute(
+        select(requests.c.request_id, requests.c.last_seq, requests.c.status).where(
+            requests.c.request_id.in_(sorted(request_ids))
+        )
+    )
+    return {str(r.request_id): _State(int(r.last_seq), str(r.status)) for r in rows}
+
+
+def _check(item: _Append, state: dict[str, _State]) -> AppendRejected | None:
+    current = state.get(item.request_id)
+    if item.new is not None:
+        return DuplicateRequest(item.request_id) if current is not None else None
+    if current is None:
+        return UnknownRequest(item.request_id)
+    if current.status in TERMINAL_STATUSES:
+        return StreamClosed(item.request_id)
+    return None
+
+
+def _header_row(new: NewRequest, at: datetime) -> dict[str, object]:
+    return {
+        "request_id": new.request_id,
+        "user_id": new.user_id,
+        "mode": new.mode,
+        "track_id": new.track_id,
+        "element_id": new.element_id,
+        "status": "queued",
+        "last_seq": 0,
+        "created_at": at,
+        "updated_at": at,
+        "idempotency_key": new.idempotency_key,
+    }
+
+
+def _settle(item: _Append, outcome: list[StoredEvent] | BaseException) -> None:
+    if item.done.done():
+        return
+    if isinstance(outcome, BaseException):
+        item.done.set_exception(outcome)
+    else:
+        item.done.set_result(outcome)
+
+
+def _stored(request_id: str, row: Row[Any], upcasters: UpcasterRegistry) -> StoredEvent:
+    m = row._mapping
+    return StoredEvent(
+        id=m["id"],
+        request_id=request_id,
+        seq=m["seq"],
+        type=m["type"],
+        at=m["at"],
+        data=upcasters.upcast(m["type"], m["v"], m["data"].encode()),
+    )
+
+
+def _record(row: Row[tuple[object, ...]]) -> RequestRecord:
+    m = row._mapping
+    return RequestRecord(
+        request_id=m["request_id"],
+        user_id=m["user_id"],
+        mode=m["mode"],
+        track_id=m["track_id"],
+        element_id=m["element_id"],
+        status=m["status"],
+        last_seq=m["last_seq"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        idempotency_key=m["idempotency_key"],
+    )

@@ -1,0 +1,237 @@
+"""The EventLog contract: every backend must pass these unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import insert, select
+
+from app.domain import events as ev
+from app.domain.events import UpcasterRegistry
+from app.domain.projections import fold_request
+from app.store.engine import Engines
+from app.store.log import (
+    DuplicateRequest,
+    EventLog,
+    NewRequest,
+    StreamClosed,
+    UnknownRequest,
+)
+from app.store.tables import events, requests
+
+pytestmark = pytest.mark.anyio
+
+_ids = itertools.count(1)
+
+
+def new_id() -> str:
+    return f"0190{next(_ids):04x}-0000-7000-8000-000000000000"
+
+
+async def create(log: EventLog, user: str = "u", key: str | None = None) -> str:
+    rid = new_id()
+    await log.create(
+        NewRequest(request_id=rid, user_id=user, mode="chat", idempotency_key=key),
+        [ev.Created(mode="chat", prompt="hi"), ev.Status(status="queued", queue_position=1)],
+    )
+    return rid
+
+
+async def test_seq_is_dense_from_one_and_created_comes_first(log: EventLog) -> None:
+    rid = await create(log)
+    more = await log.append(rid, [ev.Status(status="running"), ev.ResponseChunk(delta="a")])
+    assert [e.seq for e in more] == [3, 4]
+    stored = await log.read(rid)
+    assert [e.seq for e in stored] == [1, 2, 3, 4]
+    assert stored[0].type == "created" and stored[0].payload() == ev.Created(
+        mode="chat", prompt="hi"
+    )
+    assert [e.seq for e in await log.read(rid, after=1, limit=2)] == [2, 3]
+    assert stored[2:] == more
+
+
+async def test_a_request_must_start_with_created(log: EventLog) -> None:
+    with pytest.raises(ValueError, match="created"):
+        await log.create(NewRequest(request_id=new_id(), user_id="u", mode="chat"), [])
+    rid = await create(log)
+    with pytest.raises(ValueError, match="created"):
+        await log.append(rid, [ev.Created(mode="chat", prompt="again")])
+
+
+async def test_nothing_follows_the_terminal_event(log: EventLog) -> None:
+    rid = await create(log)
+    with pytest.raises(ValueError, match="last"):
+        await log.append(rid, [ev.Cancelled(reason="x"), ev.Stage(stage="s", progress=1)])
+    await log.append(rid, [ev.Complete(content="done")])
+    with pytest.raises(StreamClosed):
+        await log.append(rid, [ev.Cancelled(reason="late")])
+    assert [e.type for e in await log.read(rid)][-1] == "complete"
+
+
+async def test_unknown_and_duplicate_requests_are_refused(log: EventLog) -> None:
+    with pytest.raises(UnknownRequest):
+        await log.append(new_id(), [ev.Stage(stage="s", progress=1)])
+    rid = await create(log, key="k1")
+    with pytest.raises(DuplicateRequest):
+        await log.create(
+            NewRequest(request_id=rid, user_id="u", mode="chat"),
+            [ev.Created(mode="chat", prompt="")],
+        )
+
+
+async def test_a_conflict_in_a_batch_does_not_fail_its_neighbours(log: EventLog) -> None:
+    await create(log, key="same-key")
+    rid = await create(log)
+    results = await asyncio.gather(
+        create(log, key="same-key"),
+        log.append(rid, [ev.Stage(stage="s", progress=5)]),
+        create(log, key="other-key"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], DuplicateRequest)
+    assert not isinstance(results[1], BaseException) and not isinstance(results[2], BaseException)
+    assert (await log.get(rid)) is not None and (await log.get(rid)).last_seq == 3  # type: ignore[union-attr]
+
+
+async def test_read_model_is_updated_with_its_events(log: EventLog) -> None:
+    rid = await create(log, user="ana")
+    await log.append(rid, [ev.Status(status="running")])
+    record = await log.get(rid)
+    assert record is not None and (record.status, record.last_seq) == ("running", 3)
+    await log.append(rid, [ev.Error(code="x", message="m")])
+    record = await log.get(rid)
+    view = fold_request(await log.read(rid))
+    assert record is not None and view is not None
+    assert (record.status, record.last_seq, record.updated_at) == (
+        view.status,
+        view.last_seq,
+        view.updated_at,
+    )
+    assert record.status == "failed" and record.user_id == "ana"
+
+
+async def test_concurrent_appends_are_group_committed(log: EventLog) -> None:
+    ids = [await create(log) for _ in range(20)]
+    commits_before = log.stats.commits
+
+    async def writer(rid: str) -> None:
+        for n in range(10):
+            await log.append(rid, [ev.ResponseChunk(delta=str(n))])
+
+    await asyncio.gather(*(writer(rid) for rid in ids))
+    commits = log.stats.commits - commits_before
+    assert commits < 200 / 4, f"{commits} commits for 200 appends"
+    for rid in ids:
+        assert [e.seq for e in await log.read(rid)] == list(range(1, 13))
+
+
+async def test_timestamps_are_utc_with_microseconds(log: EventLog) -> None:
+    rid = await create(log)
+    (stored,) = await log.read(rid, after=1)
+    assert stored.at.tzinfo is not None and stored.at.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    assert stored.at == (await log.read(rid, after=1))[0].at
+    assert abs((datetime.now(UTC) - stored.at).total_seconds()) < 60
+
+
+async def test_subscription_sends_backlog_then_live_each_once(log: EventLog) -> None:
+    rid = await create(log)
+    got: list[int] = []
+    with log.subscribe(rid, after=1) as sub:
+        writer = asyncio.create_task(
+            log.append(rid, [ev.ResponseChunk(delta="x"), ev.Complete(content="x")])
+        )
+        while not sub.finished:
+            got.extend(c.event.seq for c in await sub.next(5.0))
+        await writer
+    assert got == [2, 3, 4]
+
+
+async def test_subscription_racing_the_writer_misses_nothing(log: EventLog) -> None:
+    for _ in range(10):
+        rid = await create(log)
+
+        async def produce(rid: str = rid) -> None:
+            for n in range(30):
+                await log.append(rid, [ev.ResponseChunk(delta=str(n))])
+            await log.append(rid, [ev.Complete(content="")])
+
+        producer = asyncio.create_task(produce())
+        await asyncio.sleep(0)  # let some appends land before the subscriber registers
+        seqs: list[int] = []
+        with log.subscribe(rid, after=0) as sub:
+            while not sub.finished:
+                seqs.extend(c.event.seq for c in await sub.next(5.0))
+        await producer
+        assert seqs == list(range(1, 34))
+
+
+async def test_a_lagging_subscriber_refills_from_the_log(engines: Engines) -> None:
+    log = EventLog(engines)
+    log.hub._limit = 2  # a tiny mailbox: the subscriber falls behind at once
+    await log.start()
+    try:
+        rid = await create(log)
+        with log.subscribe(rid, after=0) as sub:
+            first = await sub.next(5.0)
+            for n in range(10):
+                await log.append(rid, [ev.ResponseChunk(delta=str(n))])
+            await log.append(rid, [ev.Complete(content="")])
+            seqs = [c.event.seq for c in first]
+            while not sub.finished:
+                seqs.extend(c.event.seq for c in await sub.next(5.0))
+        assert seqs == list(range(1, 14))
+    finally:
+        await log.close()
+
+
+async def test_stored_old_payload_versions_are_upcast_on_read(engines: Engines) -> None:
+    registry = UpcasterRegistry({**ev.CURRENT_VERSION, "stage": 2})
+
+    @registry.register("stage", 1)
+    def percent_to_progress(fields: dict[str, object]) -> dict[str, object]:
+        fields = dict(fields)
+        fields["progress"] = fields.pop("percent")
+        return fields
+
+    log = EventLog(engines, upcasters=registry)
+    await log.start()
+    try:
+        rid = await create(log)
+        async with engines.write.begin() as conn:
+            await conn.execute(
+                insert(events).values(
+                    request_id=rid,
+                    seq=3,
+                    type="stage",
+                    v=1,
+                    at=datetime.now(UTC),
+                    data='{"stage":"generating","percent":40,"message":""}',
+                )
+            )
+        (old,) = await log.read(rid, after=2)
+        assert old.payload() == ev.Stage(stage="generating", progress=40)
+        async with engines.read.connect() as conn:
+            raw = await conn.scalar(select(events.c.data).where(events.c.seq == 3))
+        assert "percent" in raw, "upcasting happens on read; the stored row is untouched"
+    finally:
+        await log.close()
+
+
+async def test_queue_claims_oldest_once(log: EventLog, engines: Engines, queue: object) -> None:
+    from app.store.queue import WorkQueue
+
+    assert isinstance(queue, WorkQueue)
+    async with engines.write.begin() as conn:
+        await conn.execute(requests.delete())
+    first, second = await create(log), await create(log)
+    claims = await asyncio.gather(queue.claim(), queue.claim(), queue.claim())
+    assert sorted(c for c in claims if c) == sorted([first, second])
+    assert claims.count(None) == 1
+    assert await queue.release_unstarted() == 2
+    assert await queue.claim() == first
+    await log.append(first, [ev.Status(status="running")])
+    assert await queue.orphaned_running() == [first]
+    assert await queue.active_count("u") == 2

@@ -1,0 +1,113 @@
+"""A small SSE reader over httpx, the way a script or EventSource reads genstream."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Frame:
+    """One parsed SSE frame."""
+
+    id: str | None = None
+    event: str | None = None
+    data: str = ""
+    retry: int | None = None
+    comment: bool = False
+
+    def json(self) -> dict[str, Any]:
+        value = json.loads(self.data)
+        assert isinstance(value, dict)
+        return value
+
+
+@dataclass
+class StreamRead:
+    """What one connection to the stream endpoint delivered."""
+
+    status: int
+    headers: httpx.Headers
+    frames: list[Frame] = field(default_factory=list)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The event frames' JSON, in order."""
+        return [f.json() for f in self.frames if f.event is not None and not f.comment]
+
+
+def parse_frames(lines: list[str]) -> list[Frame]:
+    """Frames from SSE lines (without line endings)."""
+    frames: list[Frame] = []
+    current = Frame()
+    touched = False
+    for line in lines:
+        if line == "":
+            if touched:
+                frames.append(current)
+            current, touched = Frame(), False
+            continue
+        touched = True
+        if line.startswith(":"):
+            current.comment = True
+            current.data = line[1:].strip()
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "id":
+            current.id = value
+        elif name == "event":
+            current.event = value
+        elif name == "data":
+            current.data = f"{current.data}\n{value}" if current.data else value
+        elif name == "retry":
+            current.retry = int(value)
+    if touched:
+        frames.append(current)
+    return frames
+
+
+async def read_stream(
+    client: httpx.AsyncClient,
+    path: str,
+    *,
+    last_event_id: int | None = None,
+    max_events: int | None = None,
+    use_query: bool = False,
+) -> StreamRead:
+    """Read the stream until it ends, or drop the connection after ``max_events`` events."""
+    headers = {"Accept": "text/event-stream"}
+    params = {}
+    if last_event_id is not None:
+        if use_query:
+            params["last_event_id"] = str(last_event_id)
+        else:
+            headers["Last-Event-ID"] = str(last_event_id)
+    async with client.stream("GET", path, headers=headers, params=params) as response:
+        result = StreamRead(status=response.status_code, headers=response.headers)
+        if response.status_code != 200:
+            await response.aread()
+            return result
+        lines: list[str] = []
+        seen = 0
+        async for line in response.aiter_lines():
+            lines.append(line)
+            if line == "" and max_events is not None:
+                seen = sum(1 for f in parse_frames(lines) if f.event is not None)
+                if seen >= max_events:
+                    break  # leaving the block closes the connection mid-stream
+        result.frames = parse_frames(lines)
+        if max_events is not None:
+            kept = []
+            count = 0
+            for frame in result.frames:
+                if frame.event is not None:
+                    if count == max_events:
+                        break
+                    count += 1
+                kept.append(frame)
+            result.frames = kept
+        return result

@@ -1,0 +1,55 @@
+"""The embedded demo model: deterministic, and shaped like the real thing per mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.domain.events import ContentBlockStart, ContentBlockStop
+from app.domain.markers import MarkerParser
+from app.generation.providers.base import Finished, Job, Token, ToolCall
+from app.generation.providers.demo import DemoProvider
+
+pytestmark = pytest.mark.anyio
+
+
+def job(mode: str, prompt: str, **context: object) -> Job:
+    return Job(request_id="r", mode=mode, prompt=prompt, context=dict(context), model="demo")
+
+
+async def run(j: Job) -> tuple[str, list[object]]:
+    text, others = [], []
+    async for out in DemoProvider(token_delay_ms=0).stream(j):
+        if isinstance(out, Token):
+            text.append(out.text)
+        else:
+            others.append(out)
+    return "".join(text), others
+
+
+@pytest.mark.parametrize("prompt", ["a bakery in Lisbon", "bike repair", "x", "Ünïcode café"])
+async def test_generate_is_a_page_of_three_to_six_components(prompt: str) -> None:
+    text, others = await run(job("generate", prompt))
+    parser = MarkerParser()
+    events = parser.feed(text) + parser.finish()
+    starts = [e for e in events if isinstance(e, ContentBlockStart)]
+    stops = [e for e in events if isinstance(e, ContentBlockStop)]
+    assert 3 <= len(starts) <= 6 and parser.errors == []
+    assert all(s.status == "ok" for s in stops) and len(stops) == len(starts)
+    assert isinstance(others[-1], Finished)
+
+
+async def test_same_prompt_same_output_other_prompt_other_output() -> None:
+    a, _ = await run(job("generate", "a bakery in Lisbon"))
+    b, _ = await run(job("generate", "a bakery in Lisbon"))
+    c, _ = await run(job("generate", "a tattoo studio"))
+    assert a == b and a != c
+
+
+async def test_field_and_chat_and_edit() -> None:
+    value, _ = await run(job("field", "title", element_id="Hero-1_custom_title", field="title"))
+    assert value.strip() and "///" not in value
+    chat, _ = await run(job("chat", "how do I write a headline?"))
+    assert chat.strip() and "///" not in chat
+    page = {"components": [{"index": 0, "name": "Hero", "content": "<h1>x</h1>"}]}
+    _, calls = await run(job("edit", "make it bold", page=page))
+    assert isinstance(calls[0], ToolCall) and calls[0].name == "update_component"

@@ -1,0 +1,39 @@
+"""Settings from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.settings import Settings, SettingsError
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert (settings.host, settings.port, settings.provider) == ("127.0.0.1", 8000, "demo")
+    assert settings.database_url == "sqlite+aiosqlite:///var/genstream.db"
+
+
+def test_values_are_typed() -> None:
+    settings = Settings.from_env(
+        {"GENSTREAM_PORT": "9001", "GENSTREAM_DEMO_TOKEN_DELAY_MS": "2.5", "OTHER": "x"}
+    )
+    assert settings.port == 9001 and settings.demo_token_delay_ms == 2.5
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"GENSTREAM_PORT": "eighty"},
+        {"GENSTREAM_PROVIDER": "magic"},
+        {"GENSTREAM_RUNNERS": "0"},
+        {"GENSTREAM_SQLITE_SYNCHRONOUS": "SOMETIMES"},
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError, match="GENSTREAM_"):
+        Settings.from_env(env)
+
+
+def test_sqlite_path() -> None:
+    assert str(Settings().sqlite_path) == "var/genstream.db"
+    assert Settings(database_url="postgresql+asyncpg://h/db").sqlite_path is None
