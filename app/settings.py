@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -87,6 +88,12 @@ class Settings:
             raise SettingsError(f"GENSTREAM_PROVIDER={self.provider!r}: supported: demo")
         if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise SettingsError("GENSTREAM_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")
+        if not is_loopback(self.host):
+            raise SettingsError(
+                f"GENSTREAM_HOST={self.host!r}: genstream has no authentication yet, so it "
+                "only binds to a loopback address (127.0.0.1, ::1 or localhost); put a proxy "
+                "that authenticates in front of it to serve other hosts"
+            )
         for name in ("runners", "max_active_per_user", "commit_batch_max", "port"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"GENSTREAM_{name.upper()} must be at least 1")
@@ -99,3 +106,13 @@ class Settings:
             return None
         path = self.database_url.removeprefix(prefix).split("?", 1)[0]
         return None if path in ("", ":memory:") else Path(path)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -20,6 +20,7 @@ from app.api.problems import (
     ProblemError,
     http_exception_handler,
     internal_error_handler,
+    nesting_error_handler,
     problem_response,
 )
 from app.api.requests import RequestController
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 SHUTDOWN_GRACE_S = 5.0
+
+
+class SchemaNotReady(RuntimeError):
+    """The database schema is not the one this code was written for."""
 
 
 def migrations_head() -> str | None:
@@ -95,6 +100,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         svc = build_services(settings)
         app.state["services"] = svc
+        version = await svc.engines.schema_version()
+        if svc.migrations_head is not None and version != svc.migrations_head:
+            await svc.engines.dispose()
+            raise SchemaNotReady(
+                f"the database {settings.database_url} is at schema "
+                f"{version or 'none (empty)'}, this code needs {svc.migrations_head}: "
+                "run `alembic upgrade head` (scripts/serve does) before starting"
+            )
         await svc.log.start()
         await svc.pool.start()
         try:
@@ -111,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers={
             ProblemError: problem_response,
             HTTPException: http_exception_handler,
+            RecursionError: nesting_error_handler,
             Exception: internal_error_handler,
         },
         request_max_body_size=settings.max_body_bytes,

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,28 @@ class ProblemError(Exception):
         self.title = title or code.replace("_", " ").capitalize()
         self.headers = headers or {}
         self.errors = errors
+
+
+_MEANINGS = {
+    400: "Invalid input: malformed JSON, wrong types, bad IDs or parameters",
+    404: "No such request (another user's request is reported the same way)",
+    409: "Conflicts with the request's state",
+    413: "The request body is too large",
+    429: "Too many active requests; see Retry-After",
+}
+
+
+def problem_specs(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the problem responses a route can give."""
+    return {
+        status: ResponseSpec(
+            data_container=Problem,
+            description=_MEANINGS[status],
+            media_type=PROBLEM_MEDIA_TYPE,
+            generate_examples=False,
+        )
+        for status in statuses
+    }
 
 
 def problem_response(request: Request[Any, Any, Any], exc: ProblemError) -> Response[Problem]:
@@ -97,6 +120,16 @@ def http_exception_handler(
     return problem_response(
         request,
         ProblemError(status, code, detail, headers=dict(exc.headers or {}), errors=errors),
+    )
+
+
+def nesting_error_handler(
+    request: Request[Any, Any, Any], exc: RecursionError
+) -> Response[Problem]:
+    """JSON nested so deeply that decoding it gave up."""
+    return problem_response(
+        request,
+        ProblemError(400, "json_too_deep", "the JSON body nests too deeply; flatten it"),
     )
 
 

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
-from app.api.problems import ProblemError
+from app.api.problems import ProblemError, problem_specs
 from app.api.schemas import (
     CancelOut,
     CreatedRequest,
@@ -31,13 +32,21 @@ from app.domain.events import (
 )
 from app.domain.ids import is_request_id, uuid7
 from app.domain.projections import PageView, fold_page
-from app.store.log import DuplicateRequest, NewRequest, RequestRecord, StreamClosed
+from app.store.log import (
+    ActiveLimitReached,
+    DuplicateRequest,
+    ElementBusy,
+    NewRequest,
+    RequestRecord,
+    StreamClosed,
+)
 
 TRACK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 ELEMENT_ID = re.compile(
     r"[A-Z][A-Za-z0-9]{0,63}-[A-Za-z0-9]{1,64}_custom_[A-Za-z][A-Za-z0-9_]{0,63}"
 )
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+MAX_CONTEXT_DEPTH = 32
 
 
 def new_request_id() -> str:
@@ -80,6 +89,13 @@ class RequestController(Controller):
         "/request",
         status_code=201,
         summary="Queue a generation",
+        responses={
+            200: ResponseSpec(
+                data_container=CreatedRequest,
+                description="Idempotent replay, or the element's field job already running",
+            ),
+            **problem_specs(400, 413, 429),
+        },
     )
     async def create(
         self,
@@ -106,18 +122,6 @@ class RequestController(Controller):
                 return _created(existing, 200)
         context = _validate(data, svc)
         element_id = context.get("element_id") if data.mode == "field" else None
-        if isinstance(element_id, str):
-            active = await svc.log.active_for_element(user, element_id)
-            if active is not None:
-                return _created(active, 200, status="already_processing")
-        if await svc.queue.active_count(user) >= svc.limits.max_active_per_user:
-            raise ProblemError(
-                429,
-                "too_many_active_requests",
-                f"you have {svc.limits.max_active_per_user} requests queued or running; "
-                "wait for one to finish or cancel one",
-                headers={"Retry-After": "5"},
-            )
         new = NewRequest(
             request_id=new_request_id(),
             user_id=user,
@@ -125,6 +129,7 @@ class RequestController(Controller):
             track_id=data.track_id,
             element_id=element_id if isinstance(element_id, str) else None,
             idempotency_key=idempotency_key,
+            max_active=svc.limits.max_active_per_user,
         )
         position = await svc.queue.depth() + 1
         try:
@@ -143,6 +148,18 @@ class RequestController(Controller):
                     ),
                 ],
             )
+        except ActiveLimitReached as exc:
+            raise ProblemError(
+                429,
+                "too_many_active_requests",
+                f"you have {exc.limit} requests queued or running; "
+                "wait for one to finish or cancel one",
+                headers={"Retry-After": "5"},
+            ) from None
+        except ElementBusy as exc:
+            active = await svc.log.get(exc.request_id)
+            assert active is not None
+            return _created(active, 200, status="already_processing")
         except DuplicateRequest:
             # A concurrent POST with the same Idempotency-Key won the race.
             assert idempotency_key is not None
@@ -161,7 +178,11 @@ class RequestController(Controller):
             body, status_code=201, headers={"Location": f"/assistant/requests/{new.request_id}"}
         )
 
-    @get("/requests/{request_id:str}", summary="Status, and the result once terminal")
+    @get(
+        "/requests/{request_id:str}",
+        summary="Status, and the result once terminal",
+        responses=problem_specs(400, 404),
+    )
     async def status(
         self, request: Request[Any, Any, State], state: State, request_id: str
     ) -> RequestStatusOut:
@@ -184,7 +205,11 @@ class RequestController(Controller):
             result=result,
         )
 
-    @get("/requests/{request_id:str}/events", summary="Events as JSON (catch-up without SSE)")
+    @get(
+        "/requests/{request_id:str}/events",
+        summary="Events as JSON (catch-up without SSE)",
+        responses=problem_specs(400, 404),
+    )
     async def events(
         self,
         request: Request[Any, Any, State],
@@ -204,7 +229,11 @@ class RequestController(Controller):
             terminal=bool(rows) and rows[-1].terminal,
         )
 
-    @get("/requests/{request_id:str}/page", summary="The page projected from events")
+    @get(
+        "/requests/{request_id:str}/page",
+        summary="The page projected from events",
+        responses=problem_specs(400, 404),
+    )
     async def page(
         self,
         request: Request[Any, Any, State],
@@ -221,7 +250,12 @@ class RequestController(Controller):
         rows = await svc.log.read(record.request_id, 0, upto)
         return fold_page(record.request_id, rows)
 
-    @post("/requests/{request_id:str}/cancel", status_code=200, summary="Cancel a request")
+    @post(
+        "/requests/{request_id:str}/cancel",
+        status_code=200,
+        summary="Cancel a request",
+        responses=problem_specs(400, 404, 409),
+    )
     async def cancel(
         self, request: Request[Any, Any, State], state: State, request_id: str
     ) -> CancelOut:
@@ -284,6 +318,12 @@ def _validate(data: CreateRequestBody, svc: Services) -> dict[str, Any]:
             "track_id must be 1 to 128 letters, digits, '_', '.', ':' or '-'",
         )
     context = data.context or {}
+    if _depth(context) > MAX_CONTEXT_DEPTH:
+        raise ProblemError(
+            400,
+            "context_too_deep",
+            f"context nests deeper than {MAX_CONTEXT_DEPTH} levels; flatten it",
+        )
     size = len(msgspec.json.encode(context))
     if size > limits.max_context_bytes:
         raise ProblemError(
@@ -303,3 +343,12 @@ def _validate(data: CreateRequestBody, svc: Services) -> dict[str, Any]:
         if not isinstance(context.get("field"), str) or not context["field"]:
             raise ProblemError(400, "missing_field", "field mode needs context.field (a string)")
     return context
+
+
+def _depth(value: object) -> int:
+    """How deeply objects and arrays nest in a JSON value (a scalar is 0)."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0

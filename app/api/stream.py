@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 
 from app.api import sse
-from app.api.problems import ProblemError
+from app.api.problems import ProblemError, problem_specs
 from app.api.requests import owned_request
 from app.api.services import Services, current_user, services
 
@@ -38,7 +39,13 @@ class StreamController(Controller):
             "event. 204 when the client has already seen the terminal event."
         ),
         media_type="text/event-stream",
-        responses={},
+        responses={
+            204: ResponseSpec(
+                data_container=None,
+                description="The client has already seen the terminal event: do not reconnect",
+            ),
+            **problem_specs(400, 404, 409),
+        },
     )
     async def stream(
         self,

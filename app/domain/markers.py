@@ -52,6 +52,7 @@ class _Block:
     index: int
     name: str
     size: int = 0
+    oversized: bool = False
 
 
 @dataclass(slots=True)
@@ -144,7 +145,18 @@ class MarkerParser:
             self._error(f"END {name} does not match the open component", line)
             return
         block = self._stack.pop()
-        self._out.append(ContentBlockStop(index=block.index, size=block.size))
+        if block.oversized:
+            self._out.append(
+                ContentBlockStop(
+                    index=block.index,
+                    size=block.size,
+                    status="rejected",
+                    reason=f"the component is longer than {self.limits.max_component_chars} "
+                    "characters",
+                )
+            )
+        else:
+            self._out.append(ContentBlockStop(index=block.index, size=block.size))
 
     def _text(self, text: str) -> None:
         if not self._stack:
@@ -152,9 +164,12 @@ class MarkerParser:
             return
         block = self._stack[-1]
         room = self.limits.max_component_chars - block.size
-        if room <= 0:
-            return
-        text = text[:room]
+        if len(text) > room:
+            # The source is cut at the limit and the component rejected when it closes.
+            block.oversized = True
+            text = text[: max(room, 0)]
+            if not text:
+                return
         block.size += len(text)
         last = self._out[-1] if self._out else None
         if isinstance(last, ContentBlockDelta) and last.index == block.index:

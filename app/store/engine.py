@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
@@ -27,6 +27,15 @@ class Engines:
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return self.write.dialect.name
+
+    async def schema_version(self) -> str | None:
+        """The Alembic revision the database is at; None when it has never been migrated."""
+        async with self.read.connect() as conn:
+            has_table = await conn.run_sync(lambda sync: inspect(sync).has_table("alembic_version"))
+            if not has_table:
+                return None
+            version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+        return None if version is None else str(version)
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

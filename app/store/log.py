@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -58,6 +58,22 @@ class DuplicateRequest(AppendRejected):
     """A request with that ID, or that user's idempotency key, already exists."""
 
 
+class ActiveLimitReached(AppendRejected):
+    """The user already has as many queued or running requests as allowed."""
+
+    def __init__(self, user_id: str, limit: int) -> None:
+        super().__init__(f"{user_id} has {limit} active requests")
+        self.limit = limit
+
+
+class ElementBusy(AppendRejected):
+    """The user already has an active request for this editor element."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request {request_id} is already generating this element")
+        self.request_id = request_id
+
+
 class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
     """A row of the ``requests`` read model."""
 
@@ -87,6 +103,8 @@ class NewRequest(msgspec.Struct, frozen=True, kw_only=True):
     track_id: str | None = None
     element_id: str | None = None
     idempotency_key: str | None = None
+    max_active: int | None = None
+    """Refuse the request when its user already has this many queued or running."""
 
 
 @dataclass(slots=True)
@@ -230,13 +248,16 @@ class EventLog:
         at = utcnow()
         async with self._engines.write.begin() as conn:
             state = await _load_state(conn, {i.request_id for i in batch if i.new is None})
+            # Admission checks run here, inside the write transaction, so that concurrent
+            # creations cannot both slip under a limit.
+            admission = await _load_admission(conn, [i.new for i in batch if i.new is not None])
             new_rows: list[dict[str, object]] = []
             event_rows: list[dict[str, object]] = []
             written: list[tuple[str, int, str, bytes]] = []
             outcomes: list[list[StoredEvent] | Exception] = []
             spans: list[tuple[int, int]] = []
             for item in batch:
-                rejection = _check(item, state)
+                rejection = _check(item, state) or admission.admit(item.new)
                 if rejection is not None:
                     outcomes.append(rejection)
                     spans.append((0, 0))
@@ -333,20 +354,6 @@ class EventLog:
                 await conn.execute(
                     select(requests).where(
                         requests.c.user_id == user_id, requests.c.idempotency_key == key
-                    )
-                )
-            ).first()
-        return None if row is None else _record(row)
-
-    async def active_for_element(self, user_id: str, element_id: str) -> RequestRecord | None:
-        """A user's queued or running ``field`` request for an editor element, if any."""
-        async with self._engines.read.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(requests).where(
-                        requests.c.user_id == user_id,
-                        requests.c.element_id == element_id,
-                        requests.c.status.in_(ACTIVE_STATUSES),
                     )
                 )
             ).first()
@@ -453,6 +460,48 @@ async def _load_state(conn: AsyncConnection, request_ids: set[str]) -> dict[str,
         )
     )
     return {str(r.request_id): _State(int(r.last_seq), str(r.status)) for r in rows}
+
+
+@dataclass(slots=True)
+class _Admission:
+    active: dict[str, int]
+    elements: dict[tuple[str, str], str]
+
+    def admit(self, new: NewRequest | None) -> AppendRejected | None:
+        """Refuse ``new`` if it breaks a limit; otherwise count it in."""
+        if new is None:
+            return None
+        key = (new.user_id, new.element_id or "")
+        if new.element_id and key in self.elements:
+            return ElementBusy(self.elements[key])
+        active = self.active.get(new.user_id, 0)
+        if new.max_active is not None and active >= new.max_active:
+            return ActiveLimitReached(new.user_id, new.max_active)
+        self.active[new.user_id] = active + 1
+        if new.element_id:
+            self.elements[key] = new.request_id
+        return None
+
+
+async def _load_admission(conn: AsyncConnection, news: list[NewRequest]) -> _Admission:
+    admission = _Admission(active={}, elements={})
+    users = sorted({n.user_id for n in news if n.max_active is not None})
+    if users:
+        counts = await conn.execute(
+            select(requests.c.user_id, func.count().label("n"))
+            .where(requests.c.user_id.in_(users), requests.c.status.in_(ACTIVE_STATUSES))
+            .group_by(requests.c.user_id)
+        )
+        admission.active = {str(row.user_id): int(row.n) for row in counts}
+    elements = sorted({n.element_id for n in news if n.element_id})
+    if elements:
+        rows = await conn.execute(
+            select(requests.c.request_id, requests.c.user_id, requests.c.element_id).where(
+                requests.c.element_id.in_(elements), requests.c.status.in_(ACTIVE_STATUSES)
+            )
+        )
+        admission.elements = {(str(u), str(e)): str(r) for r, u, e in rows}
+    return admission
 
 
 def _check(item: _Append, state: dict[str, _State]) -> AppendRejected | None:

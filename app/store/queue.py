@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
-from app.domain.events import ACTIVE_STATUSES, utcnow
+from app.domain.events import utcnow
 from app.store.engine import Engines
 from app.store.tables import requests
 
@@ -79,16 +79,6 @@ class WorkQueue:
                 .values(lease_owner=None, lease_expires_at=None)
             )
             return result.rowcount
-
-    async def active_count(self, user_id: str) -> int:
-        """Queued plus running requests of a user (counted in the database)."""
-        async with self._engines.read.connect() as conn:
-            count = await conn.scalar(
-                select(func.count())
-                .select_from(requests)
-                .where(requests.c.user_id == user_id, requests.c.status.in_(ACTIVE_STATUSES))
-            )
-        return int(count or 0)
 
     async def depth(self) -> int:
         """Queued requests waiting for a runner."""

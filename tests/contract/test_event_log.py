@@ -14,7 +14,9 @@ from app.domain.events import UpcasterRegistry
 from app.domain.projections import fold_request
 from app.store.engine import Engines
 from app.store.log import (
+    ActiveLimitReached,
     DuplicateRequest,
+    ElementBusy,
     EventLog,
     NewRequest,
     StreamClosed,
@@ -234,4 +236,37 @@ async def test_queue_claims_oldest_once(log: EventLog, engines: Engines, queue: 
     assert await queue.claim() == first
     await log.append(first, [ev.Status(status="running")])
     assert await queue.orphaned_running() == [first]
-    assert await queue.active_count("u") == 2
+
+
+async def test_the_active_limit_holds_under_concurrent_creations(log: EventLog) -> None:
+    async def attempt(n: int) -> str:
+        rid = new_id()
+        await log.create(
+            NewRequest(request_id=rid, user_id="busy", mode="chat", max_active=3),
+            [ev.Created(mode="chat", prompt=str(n))],
+        )
+        return rid
+
+    results = await asyncio.gather(*(attempt(n) for n in range(12)), return_exceptions=True)
+    admitted = [r for r in results if isinstance(r, str)]
+    assert len(admitted) == 3
+    assert all(isinstance(r, ActiveLimitReached) for r in results if not isinstance(r, str))
+    await log.append(admitted[0], [ev.Cancelled(reason="make room")])
+    await attempt(99)
+
+
+async def test_one_active_request_per_user_and_element(log: EventLog) -> None:
+    async def attempt(user: str) -> str:
+        rid = new_id()
+        await log.create(
+            NewRequest(request_id=rid, user_id=user, mode="field", element_id="Hero-1_custom_t"),
+            [ev.Created(mode="field", prompt="p")],
+        )
+        return rid
+
+    results = await asyncio.gather(*(attempt("ed") for _ in range(5)), return_exceptions=True)
+    (winner,) = [r for r in results if isinstance(r, str)]
+    assert all(
+        isinstance(r, ElementBusy) and r.request_id == winner for r in results if r != winner
+    )
+    assert isinstance(await attempt("someone-else"), str)

@@ -38,7 +38,9 @@ def migrate(database_url: str) -> None:
 class ServiceProcess:
     """``genstream serve`` in a child process; start, kill -9, restart on the same file."""
 
-    def __init__(self, db_path: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, db_path: Path, env: Mapping[str, str] | None = None, *, migrated: bool = True
+    ) -> None:
         self.db_path = db_path
         self.database_url = f"sqlite+aiosqlite:///{db_path}"
         self.port = free_port()
@@ -46,7 +48,8 @@ class ServiceProcess:
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = db_path.with_suffix(".log")
-        migrate(self.database_url)
+        if migrated:
+            migrate(self.database_url)
 
     def start(self, timeout_s: float = 20.0) -> None:
         env = {

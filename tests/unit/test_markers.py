@@ -119,4 +119,7 @@ def test_component_size_limit_truncates() -> None:
     events = parse(
         ["/// START A\n" + "x" * 50 + "\n/// END A\n"], MarkerLimits(max_component_chars=8)
     )
-    assert events[-1] == ContentBlockStop(index=0, size=8)
+    assert events[-1] == ContentBlockStop(
+        index=0, size=8, status="rejected", reason="the component is longer than 8 characters"
+    )
+    assert "".join(e.delta for e in events if isinstance(e, ContentBlockDelta)) == "x" * 8

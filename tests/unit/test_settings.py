@@ -37,3 +37,14 @@ def test_bad_values_name_the_variable(env: dict[str, str]) -> None:
 def test_sqlite_path() -> None:
     assert str(Settings().sqlite_path) == "var/genstream.db"
     assert Settings(database_url="postgresql+asyncpg://h/db").sqlite_path is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.4", "example.com", "::"])
+def test_only_loopback_hosts_without_authentication(host: str) -> None:
+    with pytest.raises(SettingsError, match="loopback"):
+        Settings.from_env({"GENSTREAM_HOST": host})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_hosts_are_fine(host: str) -> None:
+    assert Settings.from_env({"GENSTREAM_HOST": host}).host == host
