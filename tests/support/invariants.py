@@ -8,6 +8,18 @@ from typing import Any
 TERMINAL = {"complete", "error", "cancelled"}
 
 
+def assert_valid_segment(events: Sequence[dict[str, Any]], after: int) -> None:
+    """What one connection delivered, resumed after seq ``after``, possibly cut short:
+    consecutive seqs from ``after + 1``, ``created`` first from the start, and nothing
+    after a terminal event."""
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(after + 1, after + 1 + len(events))), f"after {after}: {seqs}"
+    if after == 0 and events:
+        assert events[0]["type"] == "created", f"first event is {events[0]['type']}"
+    terminal_at = [n for n, e in enumerate(events) if e["type"] in TERMINAL]
+    assert terminal_at in ([], [len(events) - 1]), "events after the terminal event"
+
+
 def assert_well_formed(events: Sequence[dict[str, Any]], request_id: str | None = None) -> None:
     """Dense seq from 1, ``created`` first, exactly one terminal event, and it is last."""
     assert events, "the stream had no events"

@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.invariants import assert_valid_segment
+
 
 @dataclass
 class Frame:
@@ -95,19 +97,10 @@ async def read_stream(
         seen = 0
         async for line in response.aiter_lines():
             lines.append(line)
-            if line == "" and max_events is not None:
-                seen = sum(1 for f in parse_frames(lines) if f.event is not None)
-                if seen >= max_events:
-                    break  # leaving the block closes the connection mid-stream
+            seen += line.startswith("event:")
+            if line == "" and max_events is not None and seen >= max_events:
+                break  # leaving the block closes the connection mid-stream
         result.frames = parse_frames(lines)
-        if max_events is not None:
-            kept = []
-            count = 0
-            for frame in result.frames:
-                if frame.event is not None:
-                    if count == max_events:
-                        break
-                    count += 1
-                kept.append(frame)
-            result.frames = kept
+        # Every connection a test makes is checked, whole or cut short.
+        assert_valid_segment(result.events, last_event_id or 0)
         return result
