@@ -1,4 +1,4 @@
-"""Operator commands: ``genstream serve``."""
+"""Operator commands: ``genstream serve`` and ``genstream replay``."""
 
 from __future__ import annotations
 
@@ -6,13 +6,28 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Any
+import time
+from typing import Any, TextIO
 
 import uvicorn
 
 from app.api.app import create_app
 from app.api.services import services
+from app.domain.events import (
+    ContentBlockDelta,
+    ContentBlockStart,
+    Created,
+    Error,
+    ResponseChunk,
+    StoredEvent,
+)
+from app.domain.ids import is_request_id
+from app.domain.replay import replay_offset
 from app.settings import Settings, SettingsError
+from app.store.engine import create_engines
+from app.store.log import EventLog
+
+BAR_WIDTH = 24
 
 
 class _Server(uvicorn.Server):
@@ -47,11 +62,71 @@ def serve(settings: Settings) -> None:
     _Server(config).run()
 
 
+async def replay(
+    settings: Settings, request_id: str, *, speed: float, from_seq: int, out: TextIO
+) -> int:
+    """Print a request's stored events at their original pacing, with a progress bar."""
+    if not is_request_id(request_id):
+        print(f"genstream: {request_id!r} is not a request ID (a UUIDv7)", file=sys.stderr)
+        return 2
+    engines = create_engines(settings.database_url)
+    try:
+        event_log = EventLog(engines)
+        record = await event_log.get(request_id)
+        if record is None:
+            print(f"genstream: no request {request_id}", file=sys.stderr)
+            return 1
+        events = await event_log.read(request_id, after=from_seq - 1)
+        started = time.monotonic()
+        first_at = events[0].at if events else None
+        for event in events:
+            assert first_at is not None
+            delay = started + replay_offset(first_at, event.at, speed) - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            print(progress_line(event, record.last_seq), file=out, flush=True)
+        return 0
+    finally:
+        await engines.dispose()
+
+
+def progress_line(event: StoredEvent, total: int) -> str:
+    """``[#####.....]  12/40  type  summary`` for one replayed event."""
+    done = round(BAR_WIDTH * event.seq / max(total, 1))
+    bar = "#" * done + "." * (BAR_WIDTH - done)
+    width = len(str(total))
+    return f"[{bar}] {event.seq:>{width}}/{total}  {event.type:<19} {summarize(event)}"
+
+
+def summarize(event: StoredEvent) -> str:
+    """A short, single-line description of an event's payload."""
+    match event.payload():
+        case Created(mode=mode, prompt=prompt):
+            summary = f"{mode}: {prompt!r}"
+        case ResponseChunk(delta=delta) | ContentBlockDelta(delta=delta):
+            summary = repr(delta)
+        case ContentBlockStart(name=name, position=position, parent=parent):
+            summary = f"{name} position={position}" + (
+                f" in #{parent}" if parent is not None else ""
+            )
+        case Error(code=code, message=message):
+            summary = f"{code}: {message}"
+        case _:
+            summary = event.data.decode()
+    return summary if len(summary) <= 100 else summary[:97] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genstream`` command."""
     parser = argparse.ArgumentParser(prog="genstream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the HTTP service (settings from GENSTREAM_*)")
+    replay_cmd = sub.add_parser("replay", help="show a request's events at their original pace")
+    replay_cmd.add_argument("request_id")
+    replay_cmd.add_argument(
+        "--speed", type=float, default=1.0, help="2 = twice as fast, 0 = at once"
+    )
+    replay_cmd.add_argument("--from", dest="from_seq", type=int, default=1, help="first seq")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -61,8 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    if args.command == "serve":
-        serve(settings)
+    if args.command == "replay":
+        if args.speed < 0 or args.from_seq < 1:
+            parser.error("--speed must be >= 0 and --from >= 1")
+        return asyncio.run(
+            replay(
+                settings, args.request_id, speed=args.speed, from_seq=args.from_seq, out=sys.stdout
+            )
+        )
+    serve(settings)
     return 0
 
 

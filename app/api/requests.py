@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import time
 from typing import Annotated, Any
 
 import msgspec
@@ -13,70 +10,31 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
+from litestar.response import Stream
 
+from app.api.intake import accept, owned_request, stream_url
 from app.api.problems import ProblemError, problem_specs
 from app.api.schemas import (
     CancelOut,
     CreatedRequest,
     CreateRequestBody,
     EventPage,
+    RegenerateBody,
     RequestStatusOut,
 )
-from app.api.services import Services, current_user, owned, services
+from app.api.services import Services, current_user, services
+from app.api.stream import SSE_HEADERS, sse_body
 from app.domain.events import (
     Cancelled,
     CancelRequested,
     Created,
-    Status,
     envelope_json,
 )
-from app.domain.ids import is_request_id, uuid7
 from app.domain.projections import PageView, fold_page
 from app.store.log import (
-    ActiveLimitReached,
-    DuplicateRequest,
-    ElementBusy,
-    NewRequest,
     RequestRecord,
     StreamClosed,
 )
-
-TRACK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-ELEMENT_ID = re.compile(
-    r"[A-Z][A-Za-z0-9]{0,63}-[A-Za-z0-9]{1,64}_custom_[A-Za-z][A-Za-z0-9_]{0,63}"
-)
-IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-MAX_CONTEXT_DEPTH = 32
-
-
-def new_request_id() -> str:
-    """A fresh UUIDv7."""
-    return uuid7(time.time_ns() // 1_000_000, os.urandom(10))
-
-
-def stream_url(request_id: str) -> str:
-    """Where a request's SSE stream is served."""
-    return f"/assistant/stream/{request_id}"
-
-
-def checked_request_id(request_id: str) -> str:
-    """``request_id`` if it is a UUIDv7, else a 400."""
-    if not is_request_id(request_id):
-        raise ProblemError(
-            400,
-            "malformed_request_id",
-            f"{request_id!r} is not a request ID; request IDs are lower-case UUIDv7 strings "
-            "as returned by POST /assistant/request",
-        )
-    return request_id
-
-
-async def owned_request(svc: Services, request_id: str, user_id: str) -> RequestRecord:
-    """The caller's request, or 404 (another user's request is reported as absent)."""
-    record = owned(await svc.log.get(checked_request_id(request_id)), user_id)
-    if record is None:
-        raise ProblemError(404, "request_not_found", f"there is no request {request_id}")
-    return record
 
 
 class RequestController(Controller):
@@ -108,75 +66,10 @@ class RequestController(Controller):
         ] = None,
     ) -> Response[CreatedRequest]:
         """Accept a request into the durable queue; 200 with the same body on a replay."""
-        svc = services(state)
-        user = current_user(request)
-        if idempotency_key is not None:
-            if IDEMPOTENCY_KEY.fullmatch(idempotency_key) is None:
-                raise ProblemError(
-                    400,
-                    "invalid_idempotency_key",
-                    "Idempotency-Key must be 1 to 255 printable ASCII characters",
-                )
-            existing = await svc.log.find_idempotent(user, idempotency_key)
-            if existing is not None:
-                return _created(existing, 200)
-        context = _validate(data, svc)
-        element_id = context.get("element_id") if data.mode == "field" else None
-        new = NewRequest(
-            request_id=new_request_id(),
-            user_id=user,
-            mode=data.mode,
-            track_id=data.track_id,
-            element_id=element_id if isinstance(element_id, str) else None,
-            idempotency_key=idempotency_key,
-            max_active=svc.limits.max_active_per_user,
+        accepted = await accept(
+            services(state), current_user(request), data, idempotency_key=idempotency_key
         )
-        position = await svc.queue.depth() + 1
-        try:
-            events = await svc.log.create(
-                new,
-                [
-                    Created(
-                        mode=data.mode,
-                        prompt=data.prompt,
-                        track_id=data.track_id,
-                        context=context,
-                        model=svc.limits.model,
-                    ),
-                    Status(
-                        status="queued", message="waiting for a runner", queue_position=position
-                    ),
-                ],
-            )
-        except ActiveLimitReached as exc:
-            raise ProblemError(
-                429,
-                "too_many_active_requests",
-                f"you have {exc.limit} requests queued or running; "
-                "wait for one to finish or cancel one",
-                headers={"Retry-After": "5"},
-            ) from None
-        except ElementBusy as exc:
-            active = await svc.log.get(exc.request_id)
-            assert active is not None
-            return _created(active, 200, status="already_processing")
-        except DuplicateRequest:
-            # A concurrent POST with the same Idempotency-Key won the race.
-            assert idempotency_key is not None
-            existing = await svc.log.find_idempotent(user, idempotency_key)
-            if existing is None:
-                raise
-            return _created(existing, 200)
-        svc.pool.notify()
-        body = CreatedRequest(
-            request_id=new.request_id,
-            status="queued",
-            stream_url=stream_url(new.request_id),
-            created_at=events[0].at,
-        )
-        return Response(
-            body, status_code=201, headers={"Location": f"/assistant/requests/{new.request_id}"}
-        )
+        return accepted.response()
 
     @get(
         "/requests/{request_id:str}",
@@ -189,21 +82,96 @@ class RequestController(Controller):
         """Where a request stands, for polling clients."""
         svc = services(state)
         record = await owned_request(svc, request_id, current_user(request))
-        result: dict[str, Any] | None = None
-        if record.terminal:
-            (last,) = await svc.log.read(record.request_id, record.last_seq - 1, 1)
-            result = msgspec.json.decode(envelope_json(last))
-        return RequestStatusOut(
-            request_id=record.request_id,
-            mode=record.mode,
-            status=record.status,
-            track_id=record.track_id,
-            last_seq=record.last_seq,
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-            stream_url=stream_url(record.request_id),
-            result=result,
+        return await status_body(svc, record)
+
+    @post(
+        "/generate",
+        status_code=200,
+        summary="One shot: create and stream (SSE) or wait for the result (JSON)",
+        description=(
+            "With `Accept: text/event-stream` the response is the request's SSE stream, with "
+            "the usual ids, so it can be resumed on /assistant/stream/{request_id}. "
+            "Otherwise the call waits for the terminal event and returns the final status. "
+            "Either way a disconnect does not cancel the generation."
+        ),
+        responses={
+            200: ResponseSpec(
+                data_container=RequestStatusOut,
+                description="The finished request (or its SSE stream)",
+            ),
+            **problem_specs(400, 413, 429),
+        },
+    )
+    async def generate(
+        self,
+        request: Request[Any, Any, State],
+        state: State,
+        data: CreateRequestBody,
+        idempotency_key: Annotated[
+            str | None,
+            Parameter(header="Idempotency-Key", description="Replays return the same request"),
+        ] = None,
+    ) -> Response[Any]:
+        """Create a request and follow it in the same response."""
+        svc = services(state)
+        accepted = await accept(svc, current_user(request), data, idempotency_key=idempotency_key)
+        headers = {"Location": f"/assistant/requests/{accepted.request_id}"}
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return Stream(
+                sse_body(svc, accepted.request_id, 0),
+                media_type="text/event-stream",
+                headers={**SSE_HEADERS, **headers},
+            )
+        with svc.log.subscribe(accepted.request_id, 0) as sub:
+            while not sub.finished and not svc.shutting_down.is_set():
+                await sub.next(svc.limits.sse_ping_interval_s)
+        record = await svc.log.get(accepted.request_id)
+        assert record is not None
+        return Response(await status_body(svc, record), headers=headers)
+
+    @post(
+        "/requests/{request_id:str}/regenerate",
+        status_code=201,
+        summary="Run a request again with the same inputs",
+        responses={
+            200: ResponseSpec(data_container=CreatedRequest, description="Idempotent replay"),
+            **problem_specs(400, 404, 413, 429),
+        },
+    )
+    async def regenerate(
+        self,
+        request: Request[Any, Any, State],
+        state: State,
+        request_id: str,
+        data: RegenerateBody | None = None,
+        idempotency_key: Annotated[
+            str | None,
+            Parameter(header="Idempotency-Key", description="Replays return the same request"),
+        ] = None,
+    ) -> Response[CreatedRequest]:
+        """A new request with the original's inputs (prompt and model may be overridden)."""
+        svc = services(state)
+        user = current_user(request)
+        record = await owned_request(svc, request_id, user)
+        (first,) = await svc.log.read(record.request_id, 0, 1)
+        original = first.payload()
+        assert isinstance(original, Created)
+        overrides = data or RegenerateBody()
+        body = CreateRequestBody(
+            prompt=original.prompt if overrides.prompt is None else overrides.prompt,
+            mode=original.mode,
+            track_id=original.track_id,
+            context=original.context,
         )
+        accepted = await accept(
+            svc,
+            user,
+            body,
+            idempotency_key=idempotency_key,
+            model=overrides.model or original.model,
+            parent_request_id=record.request_id,
+        )
+        return accepted.response()
 
     @get(
         "/requests/{request_id:str}/events",
@@ -285,70 +253,21 @@ class RequestController(Controller):
         return CancelOut(request_id=record.request_id, status=record.status)
 
 
-def _created(
-    record: RequestRecord, status_code: int, status: str | None = None
-) -> Response[CreatedRequest]:
-    body = CreatedRequest(
+async def status_body(svc: Services, record: RequestRecord) -> RequestStatusOut:
+    """A request's status, with its terminal event once it has one."""
+    result: dict[str, Any] | None = None
+    if record.terminal:
+        (last,) = await svc.log.read(record.request_id, record.last_seq - 1, 1)
+        result = msgspec.json.decode(envelope_json(last))
+    return RequestStatusOut(
         request_id=record.request_id,
-        status=status or record.status,
-        stream_url=stream_url(record.request_id),
+        mode=record.mode,
+        status=record.status,
+        track_id=record.track_id,
+        last_seq=record.last_seq,
         created_at=record.created_at,
+        updated_at=record.updated_at,
+        stream_url=stream_url(record.request_id),
+        parent_request_id=record.parent_request_id,
+        result=result,
     )
-    return Response(
-        body,
-        status_code=status_code,
-        headers={"Location": f"/assistant/requests/{record.request_id}"},
-    )
-
-
-def _validate(data: CreateRequestBody, svc: Services) -> dict[str, Any]:
-    limits = svc.limits
-    if not data.prompt.strip():
-        raise ProblemError(400, "empty_prompt", "prompt must contain some text")
-    if len(data.prompt) > limits.max_prompt_chars:
-        raise ProblemError(
-            400,
-            "prompt_too_long",
-            f"prompt has {len(data.prompt)} characters; the limit is {limits.max_prompt_chars}",
-        )
-    if data.track_id is not None and TRACK_ID.fullmatch(data.track_id) is None:
-        raise ProblemError(
-            400,
-            "invalid_track_id",
-            "track_id must be 1 to 128 letters, digits, '_', '.', ':' or '-'",
-        )
-    context = data.context or {}
-    if _depth(context) > MAX_CONTEXT_DEPTH:
-        raise ProblemError(
-            400,
-            "context_too_deep",
-            f"context nests deeper than {MAX_CONTEXT_DEPTH} levels; flatten it",
-        )
-    size = len(msgspec.json.encode(context))
-    if size > limits.max_context_bytes:
-        raise ProblemError(
-            400,
-            "context_too_large",
-            f"context is {size} bytes as JSON; the limit is {limits.max_context_bytes}",
-        )
-    if data.mode == "field":
-        element_id = context.get("element_id")
-        if not isinstance(element_id, str) or ELEMENT_ID.fullmatch(element_id) is None:
-            raise ProblemError(
-                400,
-                "invalid_element_id",
-                "field mode needs context.element_id like 'HeroSection-12_custom_title' "
-                "({ComponentType}-{id}_custom_{fieldName})",
-            )
-        if not isinstance(context.get("field"), str) or not context["field"]:
-            raise ProblemError(400, "missing_field", "field mode needs context.field (a string)")
-    return context
-
-
-def _depth(value: object) -> int:
-    """How deeply objects and arrays nest in a JSON value (a scalar is 0)."""
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -17,6 +17,13 @@ class CreateRequestBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     mode: ModeName = "generate"
     track_id: str | None = None
     context: dict[str, Any] | None = None
+
+
+class RegenerateBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Overrides for a regeneration; everything else is taken from the original request."""
+
+    prompt: str | None = None
+    model: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:/-]{1,128}$")] | None = None
 
 
 class CreatedRequest(msgspec.Struct, kw_only=True):
@@ -39,6 +46,7 @@ class RequestStatusOut(msgspec.Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     stream_url: str
+    parent_request_id: str | None = None
     result: dict[str, Any] | None = None
 
 

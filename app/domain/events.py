@@ -34,6 +34,8 @@ class Created(Payload, frozen=True, tag="created"):
     track_id: str | None = None
     context: dict[str, Any] = msgspec.field(default_factory=dict)
     model: str = ""
+    parent_request_id: str | None = None
+    """The request this one regenerates, if any."""
 
 
 class Stage(Payload, frozen=True, tag="stage"):
@@ -95,6 +97,8 @@ class Action(Payload, frozen=True, tag="action", omit_defaults=True):
     index: int | None = None
     name: str | None = None
     content: str | None = None
+    position: str | None = None
+    after_index: int | None = None
 
 
 class CancelRequested(Payload, frozen=True, tag="cancel_requested"):
@@ -119,6 +123,7 @@ class ComponentSummary(msgspec.Struct, frozen=True, kw_only=True):
     position: str
     status: str
     size: int
+    parent: int | None = None
 
 
 class Complete(Payload, frozen=True, tag="complete"):

@@ -7,10 +7,16 @@ The model writes components between marker lines::
     /// END HeroSection
 
 ``MarkerParser.feed`` takes text in chunks of any size and returns the events that text
-completes; ``finish`` flushes the rest. A partial line that might still become a marker is
-held back until its newline arrives; any other text streams out at once. Adjacent deltas
-of one ``feed`` call are merged into one event, so the runner's flush interval bounds the
-event rate.
+completes; ``finish`` flushes the rest. The same text, split into chunks in any way,
+yields the same events once adjacent deltas are merged (``merge_deltas``).
+
+- Outside components, text streams out at once, except a line start that might still
+  become a marker, which is held back until its newline.
+- Inside components, source streams line by line: every complete line is checked for
+  script injection before it is sent, so the check cannot depend on where chunks split.
+- A START inside an open component opens a child (``parent``). Names, positions, depth,
+  count and size are bounded; malformed markers are kept as text and counted against an
+  error budget, past which the parse fails.
 """
 
 from __future__ import annotations
@@ -32,6 +38,15 @@ POSITION_RE = re.compile(r"[a-z0-9_-]{1,32}")
 _START_RE = re.compile(r"^\s*///\s*START\s+(?P<name>\S+)(?:\s+position=(?P<position>\S+))?\s*$")
 _END_RE = re.compile(r"^\s*///\s*END\s+(?P<name>\S+)\s*$")
 
+# Script injection in generated markup (DESIGN section 4). Each pattern fits in one line.
+INJECTION_RE = re.compile(
+    r"<\s*script\b"  # script elements
+    r"|\b(?:java|vb)script\s*:"  # javascript: / vbscript: URLs
+    r"|<[^>]*?\son[a-z]+\s*="  # inline event handlers (onclick=, onClick={...})
+    r"|dangerouslySetInnerHTML",
+    re.IGNORECASE,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class MarkerLimits:
@@ -52,7 +67,10 @@ class _Block:
     index: int
     name: str
     size: int = 0
-    oversized: bool = False
+    stopped: bool = False
+    """Already stopped as rejected: the rest of its source is dropped."""
+    silent: bool = False
+    """Opened inside a rejected component: no events at all."""
 
 
 @dataclass(slots=True)
@@ -61,44 +79,34 @@ class MarkerParser:
 
     limits: MarkerLimits = field(default_factory=MarkerLimits)
     errors: list[str] = field(default_factory=list)
-    _pending: str = ""
+    _line: str = ""
+    _mid_line: bool = False
     _stack: list[_Block] = field(default_factory=list)
     _count: int = 0
     _out: list[Payload] = field(default_factory=list)
 
     def feed(self, text: str) -> list[Payload]:
         """Events completed by ``text``."""
-        data = self._pending + text
-        self._pending = ""
         start = 0
-        while True:
-            newline = data.find("\n", start)
-            if newline < 0:
-                break
-            self._line(data[start : newline + 1])
+        while (newline := text.find("\n", start)) >= 0:
+            line = self._line + text[start : newline + 1]
+            self._line = ""
+            self._complete_line(line)
             start = newline + 1
-        tail = data[start:]
-        if _may_become_marker(tail):
-            self._pending = tail
-        elif tail:
-            self._text(tail)
+        if start < len(text):
+            self._line += text[start:]
+            self._partial_line()
         return self._drain()
 
     def finish(self) -> list[Payload]:
-        """Flush held-back text and close blocks the model left open."""
-        if self._pending:
-            tail, self._pending = self._pending, ""
-            self._line(tail)
+        """Flush held-back text and close components the model left open."""
+        if self._line:
+            line, self._line = self._line, ""
+            self._complete_line(line)
         while self._stack:
             block = self._stack.pop()
-            self._out.append(
-                ContentBlockStop(
-                    index=block.index,
-                    size=block.size,
-                    status="rejected",
-                    reason="the component was not closed by an END marker",
-                )
-            )
+            if not block.silent and not block.stopped:
+                self._stop(block, "the component was not closed by an END marker")
         return self._drain()
 
     @property
@@ -106,8 +114,27 @@ class MarkerParser:
         """How many components are open right now."""
         return len(self._stack)
 
-    def _line(self, line: str) -> None:
-        if line.lstrip().startswith(MARKER_PREFIX):
+    # --- lines --------------------------------------------------------------------------
+
+    def _partial_line(self) -> None:
+        if self._stack:
+            # Component source waits for its newline (see the module docstring), unless
+            # the line alone is already past the size limit.
+            if len(self._line) > self.limits.max_component_chars:
+                line, self._line = self._line, ""
+                self._source(line)
+                self._mid_line = True
+            return
+        if not self._mid_line and _may_become_marker(self._line):
+            return
+        self._chunk(self._line)
+        self._line = ""
+        self._mid_line = True
+
+    def _complete_line(self, line: str) -> None:
+        at_line_start = not self._mid_line
+        self._mid_line = False
+        if at_line_start and line.lstrip().startswith(MARKER_PREFIX):
             body = line.rstrip("\r\n")
             if (m := _START_RE.match(body)) is not None:
                 self._open(m.group("name"), m.group("position"), line)
@@ -115,9 +142,17 @@ class MarkerParser:
             if (m := _END_RE.match(body)) is not None:
                 self._close(m.group("name"), line)
                 return
-        self._text(line)
+        if self._stack:
+            self._source(line)
+        else:
+            self._chunk(line)
+
+    # --- markers ------------------------------------------------------------------------
 
     def _open(self, name: str, position: str | None, line: str) -> None:
+        if self._stack and (self._stack[-1].stopped or self._stack[-1].silent):
+            self._stack.append(_Block(index=-1, name=name, silent=True))
+            return
         if NAME_RE.fullmatch(name) is None:
             self._error(f"invalid component name {name!r}", line)
             return
@@ -141,35 +176,37 @@ class MarkerParser:
         )
 
     def _close(self, name: str, line: str) -> None:
-        if not self._stack or self._stack[-1].name != name:
+        top = self._stack[-1] if self._stack else None
+        if top is None or top.name != name:
+            if top is not None and (top.stopped or top.silent):
+                return  # inside a rejected component everything is dropped
             self._error(f"END {name} does not match the open component", line)
             return
-        block = self._stack.pop()
-        if block.oversized:
-            self._out.append(
-                ContentBlockStop(
-                    index=block.index,
-                    size=block.size,
-                    status="rejected",
-                    reason=f"the component is longer than {self.limits.max_component_chars} "
-                    "characters",
-                )
-            )
-        else:
-            self._out.append(ContentBlockStop(index=block.index, size=block.size))
+        self._stack.pop()
+        if not top.silent and not top.stopped:
+            self._out.append(ContentBlockStop(index=top.index, size=top.size))
 
-    def _text(self, text: str) -> None:
-        if not self._stack:
-            self._merge_chunk(text)
-            return
+    # --- text ---------------------------------------------------------------------------
+
+    def _source(self, text: str) -> None:
         block = self._stack[-1]
+        if block.stopped or block.silent:
+            return
+        if (found := INJECTION_RE.search(text)) is not None:
+            self._stop(block, f"script injection: {found.group(0)!r}")
+            return
         room = self.limits.max_component_chars - block.size
         if len(text) > room:
-            # The source is cut at the limit and the component rejected when it closes.
-            block.oversized = True
-            text = text[: max(room, 0)]
-            if not text:
-                return
+            if room > 0:
+                self._delta(block, text[:room])
+            self._stop(
+                block,
+                f"the component is longer than {self.limits.max_component_chars} characters",
+            )
+            return
+        self._delta(block, text)
+
+    def _delta(self, block: _Block, text: str) -> None:
         block.size += len(text)
         last = self._out[-1] if self._out else None
         if isinstance(last, ContentBlockDelta) and last.index == block.index:
@@ -177,7 +214,13 @@ class MarkerParser:
         else:
             self._out.append(ContentBlockDelta(index=block.index, delta=text))
 
-    def _merge_chunk(self, text: str) -> None:
+    def _stop(self, block: _Block, reason: str) -> None:
+        block.stopped = True
+        self._out.append(
+            ContentBlockStop(index=block.index, size=block.size, status="rejected", reason=reason)
+        )
+
+    def _chunk(self, text: str) -> None:
         last = self._out[-1] if self._out else None
         if isinstance(last, ResponseChunk):
             self._out[-1] = ResponseChunk(delta=last.delta + text)
@@ -192,15 +235,36 @@ class MarkerParser:
                 f"last: {message}"
             )
         # A malformed marker is kept as ordinary text so nothing the model wrote is lost.
-        self._text(line)
+        if self._stack:
+            self._source(line)
+        else:
+            self._chunk(line)
 
     def _drain(self) -> list[Payload]:
         out, self._out = self._out, []
         return out
 
 
+def merge_deltas(events: list[Payload]) -> list[Payload]:
+    """Adjacent deltas of the same target merged: the form chunking does not change."""
+    out: list[Payload] = []
+    for event in events:
+        last = out[-1] if out else None
+        if isinstance(event, ResponseChunk) and isinstance(last, ResponseChunk):
+            out[-1] = ResponseChunk(delta=last.delta + event.delta)
+        elif (
+            isinstance(event, ContentBlockDelta)
+            and isinstance(last, ContentBlockDelta)
+            and last.index == event.index
+        ):
+            out[-1] = ContentBlockDelta(index=event.index, delta=last.delta + event.delta)
+        else:
+            out.append(event)
+    return out
+
+
 def _may_become_marker(partial: str) -> bool:
-    """Whether an unfinished line could still turn out to be a marker line."""
+    """Whether the start of a line could still turn out to be a marker line."""
     stripped = partial.lstrip(" \t")
     if not stripped:
         return bool(partial)

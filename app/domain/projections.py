@@ -51,6 +51,7 @@ class RequestView(msgspec.Struct, frozen=True, kw_only=True):
     mode: str
     track_id: str | None
     element_id: str | None
+    parent_request_id: str | None
     status: str
     last_seq: int
     created_at: datetime
@@ -65,47 +66,105 @@ def position_key(component: ComponentView) -> tuple[int, int, str, int]:
 
 
 def fold_page(request_id: str, events: Iterable[StoredEvent], at: int | None = None) -> PageView:
-    """The page after every event with ``seq <= at`` (all events when ``at`` is None)."""
-    by_index: dict[int, ComponentView] = {}
-    parents: dict[int, int | None] = {}
-    content: dict[int, list[str]] = {}
-    text: list[str] = []
+    """The page after every event with ``seq <= at`` (all events when ``at`` is None).
+
+    A generation's page is built from its content blocks; an edit request's page starts
+    as the ``context.page`` it was given and has its ``action`` events applied.
+    """
+    page = _PageFold()
     last = 0
     for event in events:
         if at is not None and event.seq > at:
             break
         last = event.seq
-        match event.payload():
+        page.apply(event.payload())
+    return PageView(request_id=request_id, at_seq=last, components=page.roots(), text=page.text())
+
+
+class _PageFold:
+    """Mutable state of one page fold."""
+
+    def __init__(self) -> None:
+        self.by_index: dict[int, ComponentView] = {}
+        self.parents: dict[int, int | None] = {}
+        self.content: dict[int, list[str]] = {}
+        self.removed: set[int] = set()
+        self.chunks: list[str] = []
+
+    def apply(self, payload: object) -> None:
+        match payload:
+            case Created(mode="edit", context=context):
+                self.seed(context.get("page"))
             case ContentBlockStart(index=i, name=name, position=position, parent=parent):
-                by_index[i] = ComponentView(
-                    index=i, name=name, position=position, status="streaming", content=""
-                )
-                parents[i] = parent
-                content[i] = []
-            case ContentBlockDelta(index=i, delta=delta) if i in content:
-                content[i].append(delta)
-            case ContentBlockStop(index=i, status=status) if i in by_index:
-                by_index[i].status = status
+                self.add(i, name, position, "streaming", "", parent)
+            case ContentBlockDelta(index=i, delta=delta) if i in self.content:
+                self.content[i].append(delta)
+            case ContentBlockStop(index=i, status=status) if i in self.by_index:
+                self.by_index[i].status = status
             case ResponseChunk(delta=delta):
-                text.append(delta)
-            case Action(action="update_component", index=i, content=new) if (
-                i in content and new is not None
+                self.chunks.append(delta)
+            case Action(action="update_component", index=int(i), content=str(new)) if (
+                i in self.by_index
             ):
-                content[i] = [new]
+                self.content[i] = [new]
+                if payload.name:
+                    self.by_index[i].name = payload.name
+            case Action(action="insert_component", name=str(name), content=str(new)):
+                i = max(self.by_index, default=-1) + 1
+                after = payload.after_index
+                parent = self.parents.get(after) if after is not None else None
+                self.add(i, name, payload.position or str(i), "ok", new, parent)
+            case Action(action="remove_component", index=int(i)):
+                self.removed.add(i)
             case _:
                 pass
-    roots: list[ComponentView] = []
-    for i, component in by_index.items():
-        component.content = "".join(content[i])
-        parent = parents[i]
-        if parent is not None and parent in by_index:
-            by_index[parent].children.append(component)
-        else:
-            roots.append(component)
-    for component in by_index.values():
-        component.children.sort(key=position_key)
-    roots.sort(key=position_key)
-    return PageView(request_id=request_id, at_seq=last, components=roots, text="".join(text))
+
+    def add(
+        self, i: int, name: str, position: str, status: str, content: str, parent: int | None
+    ) -> None:
+        self.by_index[i] = ComponentView(
+            index=i, name=name, position=position, status=status, content=""
+        )
+        self.parents[i] = parent
+        self.content[i] = [content] if content else []
+
+    def seed(self, page: object, parent: int | None = None) -> None:
+        """Components of a page given as input (as the page endpoint returns them)."""
+        components = page.get("components") if isinstance(page, dict) else page
+        if not isinstance(components, list):
+            return
+        for item in components:
+            if not isinstance(item, dict) or not isinstance(item.get("index"), int):
+                continue  # the page came from a client: skip what is not a component
+            i = item["index"]
+            self.add(
+                i,
+                str(item.get("name", "Component")),
+                str(item.get("position", i)),
+                str(item.get("status", "ok")),
+                str(item.get("content", "")),
+                parent,
+            )
+            self.seed(item.get("children"), i)
+
+    def roots(self) -> list[ComponentView]:
+        roots: list[ComponentView] = []
+        for i, component in self.by_index.items():
+            if i in self.removed or self.parents[i] in self.removed:
+                continue
+            component.content = "".join(self.content[i])
+            parent = self.parents[i]
+            if parent is not None and parent in self.by_index:
+                self.by_index[parent].children.append(component)
+            else:
+                roots.append(component)
+        for component in self.by_index.values():
+            component.children.sort(key=position_key)
+        roots.sort(key=position_key)
+        return roots
+
+    def text(self) -> str:
+        return "".join(self.chunks)
 
 
 def fold_request(events: Iterable[StoredEvent]) -> RequestView | None:
@@ -121,6 +180,7 @@ def fold_request(events: Iterable[StoredEvent]) -> RequestView | None:
                 mode=payload.mode,
                 track_id=payload.track_id,
                 element_id=element_id_of(payload),
+                parent_request_id=payload.parent_request_id,
                 status="queued",
                 last_seq=event.seq,
                 created_at=event.at,

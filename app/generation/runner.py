@@ -8,6 +8,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import msgspec
+
 from app.domain.events import (
     Action,
     Cancelled,
@@ -196,15 +198,12 @@ def _note_components(batch: list[Payload], components: dict[int, ComponentSummar
                 position=payload.position,
                 status="streaming",
                 size=0,
+                parent=payload.parent,
             )
         elif isinstance(payload, ContentBlockStop) and payload.index in components:
             c = components[payload.index]
-            components[payload.index] = ComponentSummary(
-                index=c.index,
-                name=c.name,
-                position=c.position,
-                status=payload.status,
-                size=payload.size,
+            components[payload.index] = msgspec.structs.replace(
+                c, status=payload.status, size=payload.size
             )
 
 
@@ -212,12 +211,21 @@ def _tool_action(job: Job, call: ToolCall) -> list[Payload]:
     if job.mode != "edit" or call.name not in EDIT_ACTIONS:
         return []
     args = call.arguments
-    index = args.get("index")
+
+    def integer(key: str) -> int | None:
+        value = args.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def text(key: str) -> str | None:
+        return str(args[key]) if args.get(key) is not None else None
+
     return [
         Action(
             action=call.name,
-            index=index if isinstance(index, int) else None,
-            name=str(args["name"]) if "name" in args else None,
-            content=str(args["content"]) if "content" in args else None,
+            index=integer("index"),
+            name=text("name"),
+            content=text("content"),
+            position=text("position"),
+            after_index=integer("after_index"),
         )
     ]

@@ -87,6 +87,7 @@ class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
     idempotency_key: str | None
+    parent_request_id: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -103,6 +104,7 @@ class NewRequest(msgspec.Struct, frozen=True, kw_only=True):
     track_id: str | None = None
     element_id: str | None = None
     idempotency_key: str | None = None
+    parent_request_id: str | None = None
     max_active: int | None = None
     """Refuse the request when its user already has this many queued or running."""
 
@@ -527,6 +529,7 @@ def _header_row(new: NewRequest, at: datetime) -> dict[str, object]:
         "created_at": at,
         "updated_at": at,
         "idempotency_key": new.idempotency_key,
+        "parent_request_id": new.parent_request_id,
     }
 
 
@@ -564,4 +567,5 @@ def _record(row: Row[tuple[object, ...]]) -> RequestRecord:
         created_at=m["created_at"],
         updated_at=m["updated_at"],
         idempotency_key=m["idempotency_key"],
+        parent_request_id=m["parent_request_id"],
     )

@@ -82,6 +82,7 @@ requests = Table(
     Column("idempotency_key", String(255), nullable=True),
     Column("lease_owner", String(64), nullable=True),
     Column("lease_expires_at", UTCDateTime, nullable=True),
+    Column("parent_request_id", String(36), nullable=True, index=True),
     UniqueConstraint("user_id", "idempotency_key"),
     Index(None, "status", "created_at"),
     Index(None, "user_id", "status"),

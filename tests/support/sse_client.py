@@ -37,8 +37,12 @@ class StreamRead:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        """The event frames' JSON, in order."""
-        return [f.json() for f in self.frames if f.event is not None and not f.comment]
+        """The log events' JSON, in order (a leading ``snapshot`` frame is not one)."""
+        return [
+            f.json()
+            for f in self.frames
+            if f.event is not None and f.event != "snapshot" and not f.comment
+        ]
 
 
 def parse_frames(lines: list[str]) -> list[Frame]:
@@ -79,6 +83,7 @@ async def read_stream(
     last_event_id: int | None = None,
     max_events: int | None = None,
     use_query: bool = False,
+    first_seq: int | None = None,
 ) -> StreamRead:
     """Read the stream until it ends, or drop the connection after ``max_events`` events."""
     headers = {"Accept": "text/event-stream"}
@@ -88,7 +93,8 @@ async def read_stream(
             params["last_event_id"] = str(last_event_id)
         else:
             headers["Last-Event-ID"] = str(last_event_id)
-    async with client.stream("GET", path, headers=headers, params=params) as response:
+    # httpx would replace a query string already in ``path`` with an empty ``params``.
+    async with client.stream("GET", path, headers=headers, params=params or None) as response:
         result = StreamRead(status=response.status_code, headers=response.headers)
         if response.status_code != 200:
             await response.aread()
@@ -102,5 +108,6 @@ async def read_stream(
                 break  # leaving the block closes the connection mid-stream
         result.frames = parse_frames(lines)
         # Every connection a test makes is checked, whole or cut short.
-        assert_valid_segment(result.events, last_event_id or 0)
+        start = first_seq if first_seq is not None else (last_event_id or 0) + 1
+        assert_valid_segment(result.events, start - 1)
         return result

@@ -33,7 +33,11 @@ async def test_generate_is_a_page_of_three_to_six_components(prompt: str) -> Non
     events = parser.feed(text) + parser.finish()
     starts = [e for e in events if isinstance(e, ContentBlockStart)]
     stops = [e for e in events if isinstance(e, ContentBlockStop)]
-    assert 3 <= len(starts) <= 6 and parser.errors == []
+    top_level = [s for s in starts if s.parent is None]
+    assert 3 <= len(top_level) <= 6 and parser.errors == []
+    # The feature grid always nests its cards.
+    (grid,) = [s for s in starts if s.name == "FeatureGrid"]
+    assert [s.name for s in starts if s.parent == grid.index] == ["FeatureCard"] * 3
     assert all(s.status == "ok" for s in stops) and len(stops) == len(starts)
     assert isinstance(others[-1], Finished)
 
@@ -53,3 +57,12 @@ async def test_field_and_chat_and_edit() -> None:
     page = {"components": [{"index": 0, "name": "Hero", "content": "<h1>x</h1>"}]}
     _, calls = await run(job("edit", "make it bold", page=page))
     assert isinstance(calls[0], ToolCall) and calls[0].name == "update_component"
+
+
+async def test_the_documented_unsafe_prompt_yields_a_rejected_component() -> None:
+    text, _ = await run(job("generate", "an unsafe demo page"))
+    parser = MarkerParser()
+    events = parser.feed(text) + parser.finish()
+    rejected = [e for e in events if isinstance(e, ContentBlockStop) and e.status == "rejected"]
+    assert len(rejected) == 1
+    assert rejected[0].reason is not None and "script injection" in rejected[0].reason

@@ -40,3 +40,43 @@ def test_upgrade_head_matches_metadata_and_downgrade_empties(tmp_path: Path) -> 
         assert {"events", "requests"} <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_0002_backfills_parent_request_id_from_created_events(tmp_path: Path) -> None:
+    db = tmp_path / "populated.db"
+    config = alembic_config(db)
+    command.upgrade(config, "0001")
+    engine = create_engine(f"sqlite:///{db}")
+    at = "2026-11-21 03:00:00.000000"
+    rows = [
+        ("a", '{"mode":"chat","prompt":"p","track_id":null,"context":{},"model":"m"}'),
+        ("b", '{"mode":"chat","prompt":"p","context":{},"model":"m","parent_request_id":"a"}'),
+    ]
+    try:
+        with engine.begin() as conn:
+            for rid, data in rows:
+                conn.exec_driver_sql(
+                    "INSERT INTO requests (request_id, user_id, mode, status, last_seq, "
+                    "created_at, updated_at) VALUES (?, 'u', 'chat', 'completed', 2, ?, ?)",
+                    (rid, at, at),
+                )
+                conn.exec_driver_sql(
+                    "INSERT INTO events (request_id, seq, type, v, data, at) VALUES "
+                    "(?, 1, 'created', 1, ?, ?), (?, 2, 'complete', 1, '{\"content\":\"\"}', ?)",
+                    (rid, data, at, rid, at),
+                )
+            before = conn.exec_driver_sql("SELECT * FROM events ORDER BY id").all()
+        command.upgrade(config, "head")
+        with engine.connect() as conn:
+            parents = dict(
+                conn.exec_driver_sql("SELECT request_id, parent_request_id FROM requests").all()
+            )
+            assert parents == {"a": None, "b": "a"}
+            assert conn.exec_driver_sql("SELECT * FROM events ORDER BY id").all() == before
+        command.downgrade(config, "0001")
+        with engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("requests")}
+            assert "parent_request_id" not in columns
+            assert conn.exec_driver_sql("SELECT * FROM events ORDER BY id").all() == before
+    finally:
+        engine.dispose()

@@ -42,17 +42,6 @@ _STOPWORDS = frozenset(
 
 _SECTIONS: list[tuple[str, str]] = [
     (
-        "FeatureGrid",
-        '<section className="features">\n'
-        "  <h2>Why {subject}</h2>\n"
-        '  <ul className="grid">\n'
-        "    <li><h3>{w1}</h3><p>Built around {w1} from the first day.</p></li>\n"
-        "    <li><h3>{w2}</h3><p>{W2} that grows with you.</p></li>\n"
-        "    <li><h3>{w3}</h3><p>Clear, honest {w3}.</p></li>\n"
-        "  </ul>\n"
-        "</section>\n",
-    ),
-    (
         "Testimonials",
         '<section className="testimonials">\n'
         "  <blockquote>“{Subject} changed how we work.” <cite>Alex, customer</cite></blockquote>\n"
@@ -127,7 +116,7 @@ def compose(job: Job, rng: random.Random) -> tuple[str, list[ToolCall]]:
     subject = " ".join(words[:3]) or "your idea"
     fill = _fill(subject, words, rng)
     if job.mode == "generate":
-        return _page(subject, fill, rng), []
+        return _page(subject, fill, rng, unsafe=UNSAFE_WORD in words), []
     if job.mode == "field":
         return _field_value(job.context, subject, fill), []
     if job.mode == "edit":
@@ -159,8 +148,29 @@ def _fill(subject: str, words: list[str], rng: random.Random) -> dict[str, str]:
     }
 
 
-def _page(subject: str, fill: dict[str, str], rng: random.Random) -> str:
-    middle = rng.sample(_SECTIONS, k=rng.randint(1, 4))
+UNSAFE_WORD = "unsafe"
+"""A prompt with this word gets a component carrying a script, which the parser rejects."""
+
+
+def _features(fill: dict[str, str]) -> str:
+    """A section with nested components: the grid, then one card per feature."""
+    cards = "".join(
+        f"/// START FeatureCard position={n}\n"
+        f"<article><h3>{word}</h3><p>{line}</p></article>\n"
+        "/// END FeatureCard\n"
+        for n, (word, line) in enumerate(
+            [
+                (fill["W1"], f"Built around {fill['w1']} from the first day."),
+                (fill["W2"], f"{fill['W2']} that grows with you."),
+                (fill["w3"].capitalize(), f"Clear, honest {fill['w3']}."),
+            ]
+        )
+    )
+    return f'<section className="features">\n  <h2>Why {fill["subject"]}</h2>\n{cards}</section>\n'
+
+
+def _page(subject: str, fill: dict[str, str], rng: random.Random, *, unsafe: bool) -> str:
+    middle = rng.sample(_SECTIONS, k=rng.randint(0, 3))
     parts = [f"Here is a page for {subject}.\n\n"]
     hero = (
         '<section className="hero">\n'
@@ -169,8 +179,17 @@ def _page(subject: str, fill: dict[str, str], rng: random.Random) -> str:
         '  <a className="button" href="#contact">Get started</a>\n'
         "</section>\n"
     )
-    blocks = [("HeroSection", hero)]
+    blocks = [("HeroSection", hero), ("FeatureGrid", _features(fill))]
     blocks += [(name, source.format(**fill)) for name, source in middle]
+    if unsafe:
+        blocks.append(
+            (
+                "EmbedWidget",
+                '<div className="widget">\n'
+                '  <script src="https://widgets.example.com/embed.js"></script>\n'
+                "</div>\n",
+            )
+        )
     blocks.append(
         (
             "ContactFooter",
