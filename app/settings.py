@@ -5,11 +5,14 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/genstream.db"
+DEMO_MODEL = "genstream-demo-1"
+# Settings read from the names every OpenAI client uses, not GENSTREAM_*.
+ENV_NAMES = {"openai_base_url": "OPENAI_BASE_URL", "openai_api_key": "OPENAI_API_KEY"}
 
 
 class SettingsError(ValueError):
@@ -31,9 +34,21 @@ class Settings:
     sqlite_busy_timeout_ms: int = 5_000
     """How long a SQLite connection waits for a lock before failing."""
     provider: str = "demo"
-    """Model provider: ``demo`` (embedded, offline)."""
-    model: str = "genstream-demo-1"
-    """Model name recorded in ``created`` and ``complete``."""
+    """Model provider: ``demo`` (embedded, offline) or ``openai`` (any compatible server)."""
+    model: str = ""
+    """Model name sent to the provider (required for ``openai``; demo: genstream-demo-1)."""
+    openai_base_url: str = "https://api.openai.com/v1"
+    """OPENAI_BASE_URL: the OpenAI-compatible server (vLLM, Ollama, llama.cpp, OpenAI)."""
+    openai_api_key: str = field(default="", repr=False)
+    """OPENAI_API_KEY: sent as a bearer token; empty for local servers that take none."""
+    openai_connect_timeout_s: float = 10.0
+    """Connecting to the model server gives up after this long."""
+    openai_read_timeout_s: float = 60.0
+    """A model stream with no data for this long fails with provider_timeout."""
+    openai_max_retries: int = 2
+    """Retries of a failed model call, only before its first token."""
+    openai_retry_backoff_s: float = 0.5
+    """First retry delay; it doubles with each retry."""
     demo_token_delay_ms: float = 15.0
     """Pause between tokens of the demo model."""
     runners: int = 8
@@ -69,7 +84,7 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            key = f"GENSTREAM_{f.name.upper()}"
+            key = ENV_NAMES.get(f.name, f"GENSTREAM_{f.name.upper()}")
             if key not in env:
                 continue
             raw = env[key]
@@ -79,13 +94,24 @@ class Settings:
             except ValueError:
                 raise SettingsError(f"{key}={raw!r} is not a valid {kind.__name__}") from None
         settings = cls(**values)
+        if not settings.model and settings.provider == "demo":
+            settings = replace(settings, model=DEMO_MODEL)
         settings.validate()
         return settings
 
     def validate(self) -> None:
         """Reject values that cannot work, with the variable to fix."""
-        if self.provider not in {"demo"}:
-            raise SettingsError(f"GENSTREAM_PROVIDER={self.provider!r}: supported: demo")
+        if self.provider not in {"demo", "openai"}:
+            raise SettingsError(f"GENSTREAM_PROVIDER={self.provider!r}: use demo or openai")
+        if self.provider == "openai" and not self.model:
+            raise SettingsError(
+                "GENSTREAM_MODEL is required with GENSTREAM_PROVIDER=openai "
+                "(the model name the server knows, e.g. gpt-4o-mini or llama3.1)"
+            )
+        if self.provider == "openai" and not self.openai_base_url.startswith(
+            ("http://", "https://")
+        ):
+            raise SettingsError("OPENAI_BASE_URL must be an http:// or https:// URL")
         if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise SettingsError("GENSTREAM_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")
         if not is_loopback(self.host):

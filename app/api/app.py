@@ -26,8 +26,10 @@ from app.api.problems import (
 from app.api.requests import RequestController
 from app.api.services import ApiLimits, Services
 from app.api.stream import StreamController
+from app.api.tracks import track_content
 from app.domain.markers import MarkerLimits
 from app.generation.pool import RunnerPool
+from app.generation.providers.base import Provider
 from app.generation.providers.demo import DemoProvider
 from app.generation.runner import Runner, RunnerConfig
 from app.settings import Settings
@@ -54,6 +56,24 @@ def migrations_head() -> str | None:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
+def build_provider(settings: Settings) -> Provider:
+    """The model provider the settings name."""
+    if settings.provider == "openai":
+        # Imported here so that the demo never loads the openai client.
+        from app.generation.providers.openai import OpenAIProvider
+
+        return OpenAIProvider(
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key,
+            model=settings.model,
+            connect_timeout_s=settings.openai_connect_timeout_s,
+            read_timeout_s=settings.openai_read_timeout_s,
+            max_retries=settings.openai_max_retries,
+            retry_backoff_s=settings.openai_retry_backoff_s,
+        )
+    return DemoProvider(token_delay_ms=settings.demo_token_delay_ms)
+
+
 def build_services(settings: Settings) -> Services:
     """Wire the log, queue, runner pool and limits from settings."""
     engines = create_engines(
@@ -63,9 +83,10 @@ def build_services(settings: Settings) -> Services:
     )
     event_log = EventLog(engines, batch_max=settings.commit_batch_max)
     queue = WorkQueue(engines, owner=f"node-{secrets.token_hex(6)}")
+    provider = build_provider(settings)
     runner = Runner(
         event_log,
-        DemoProvider(token_delay_ms=settings.demo_token_delay_ms),
+        provider,
         RunnerConfig(
             flush_interval_s=settings.flush_interval_ms / 1000.0,
             flush_max_chars=settings.flush_max_chars,
@@ -75,6 +96,7 @@ def build_services(settings: Settings) -> Services:
     )
     pool = RunnerPool(runner, queue, event_log, size=settings.runners)
     return Services(
+        provider=provider,
         engines=engines,
         log=event_log,
         queue=queue,
@@ -115,11 +137,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             svc.begin_shutdown()
             await svc.pool.stop(grace_s=SHUTDOWN_GRACE_S)
+            await svc.provider.aclose()
             await svc.log.close()
             await svc.engines.dispose()
 
     return Litestar(
-        route_handlers=[RequestController, StreamController, health, ready, metrics],
+        route_handlers=[
+            RequestController,
+            StreamController,
+            track_content,
+            health,
+            ready,
+            metrics,
+        ],
         lifespan=[lifespan],
         exception_handlers={
             ProblemError: problem_response,

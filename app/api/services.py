@@ -9,6 +9,7 @@ from litestar import Request
 from litestar.datastructures import State
 
 from app.generation.pool import RunnerPool
+from app.generation.providers.base import Provider
 from app.store.engine import Engines
 from app.store.log import EventLog, RequestRecord
 from app.store.queue import WorkQueue
@@ -33,6 +34,7 @@ class ApiLimits:
 class Services:
     """The running service's components."""
 
+    provider: Provider
     engines: Engines
     log: EventLog
     queue: WorkQueue

@@ -192,6 +192,47 @@ def fold_request(events: Iterable[StoredEvent]) -> RequestView | None:
     return view
 
 
+class FieldValue(msgspec.Struct, frozen=True, kw_only=True):
+    """The latest generated value of one editor field."""
+
+    element_id: str
+    field: str
+    value: str
+    field_type: str | None
+    request_id: str
+    generated_at: datetime
+
+
+class TrackContent(msgspec.Struct, frozen=True, kw_only=True):
+    """Every field generated for a track (one document), latest value each."""
+
+    track_id: str
+    fields: list[FieldValue]
+
+
+def fold_track(track_id: str, events: Iterable[StoredEvent]) -> TrackContent:
+    """Latest ``set_field`` value per (element, field), from events in commit order."""
+    field_types: dict[str, str | None] = {}
+    latest: dict[tuple[str, str], FieldValue] = {}
+    for event in events:
+        match event.payload():
+            case Created(context=context):
+                kind = context.get("field_type")
+                field_types[event.request_id] = kind if isinstance(kind, str) else None
+            case Action(action="set_field", element_id=str(element), field=str(name), value=value):
+                latest[(element, name)] = FieldValue(
+                    element_id=element,
+                    field=name,
+                    value=value or "",
+                    field_type=field_types.get(event.request_id),
+                    request_id=event.request_id,
+                    generated_at=event.at,
+                )
+            case _:
+                pass
+    return TrackContent(track_id=track_id, fields=[latest[k] for k in sorted(latest)])
+
+
 def element_id_of(created: Created) -> str | None:
     """The editor element a ``field`` request targets, if any."""
     if created.mode != "field":

@@ -25,8 +25,15 @@ from app.domain.events import (
     Status,
     Usage,
 )
-from app.domain.markers import MarkerLimits, MarkerParser, ParseBudgetExceeded
+from app.domain.markers import (
+    INJECTION_RE,
+    NAME_RE,
+    MarkerLimits,
+    MarkerParser,
+    ParseBudgetExceeded,
+)
 from app.generation.coalesce import coalesce
+from app.generation.prompts import FIELD_TOOL
 from app.generation.providers.base import Finished, Job, Provider, ProviderError, ToolCall
 from app.store.log import EventLog, StreamClosed
 
@@ -126,6 +133,7 @@ class Runner:
         usage = Usage()
         finish_reason = "stop"
         actions: list[Payload] = []
+        delivered: str | None = None
         components: dict[int, ComponentSummary] = {}
         source = self._provider.stream(job)
         async for flush in coalesce(
@@ -144,6 +152,9 @@ class Runner:
             for other in flush.others:
                 if isinstance(other, Finished):
                     usage, finish_reason = other.usage, other.finish_reason
+                elif isinstance(other, ToolCall) and job.mode == "field":
+                    if other.name == FIELD_TOOL:
+                        delivered = str(other.arguments.get("output") or "")
                 elif isinstance(other, ToolCall):
                     actions.extend(_tool_action(job, other))
             _note_components(batch, components)
@@ -155,10 +166,16 @@ class Runner:
         content = "".join(text)
         output: str | None = None
         if job.mode == "field":
-            output = content.strip()
+            # The tool call's value, or the plain answer of a model that ignored the tool.
+            output = (delivered if delivered is not None else content).strip()
+            if not output:
+                raise ProviderError(
+                    "empty_output", "the model returned no value for the field", retryable=True
+                )
             actions.append(
                 Action(
                     action="set_field",
+                    # Always the element the request named, never one the model returned.
                     element_id=str(job.context.get("element_id", "")),
                     field=str(job.context.get("field", "")),
                     value=output,
@@ -211,6 +228,19 @@ def _tool_action(job: Job, call: ToolCall) -> list[Payload]:
     if job.mode != "edit" or call.name not in EDIT_ACTIONS:
         return []
     args = call.arguments
+    content, name = args.get("content"), args.get("name")
+    if isinstance(content, str) and (found := INJECTION_RE.search(content)) is not None:
+        raise ProviderError(
+            "unsafe_output",
+            f"the model's {call.name} carries script injection ({found.group(0)!r})",
+            retryable=True,
+        )
+    if name is not None and (not isinstance(name, str) or NAME_RE.fullmatch(name) is None):
+        raise ProviderError(
+            "malformed_tool_arguments",
+            f"the model's {call.name} names an invalid component {name!r}",
+            retryable=True,
+        )
 
     def integer(key: str) -> int | None:
         value = args.get(key)

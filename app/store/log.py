@@ -361,6 +361,31 @@ class EventLog:
             ).first()
         return None if row is None else _record(row)
 
+    async def track_fields(self, user_id: str, track_id: str) -> list[StoredEvent]:
+        """The ``created`` and ``action`` events of a user's field requests in a track."""
+        query = (
+            select(
+                events.c.id,
+                events.c.request_id,
+                events.c.seq,
+                events.c.type,
+                events.c.v,
+                events.c.data,
+                events.c.at,
+            )
+            .join(requests, requests.c.request_id == events.c.request_id)
+            .where(
+                requests.c.user_id == user_id,
+                requests.c.track_id == track_id,
+                requests.c.mode == "field",
+                events.c.type.in_(["created", "action"]),
+            )
+            .order_by(events.c.id)
+        )
+        async with self._engines.read.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_stored(row.request_id, row, self._upcasters) for row in rows]
+
     def subscribe(self, request_id: str, after: int) -> Subscription:
         """A live tail of ``request_id`` from ``seq > after``."""
         return Subscription(self, request_id, after)

@@ -48,3 +48,30 @@ def test_only_loopback_hosts_without_authentication(host: str) -> None:
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
 def test_loopback_hosts_are_fine(host: str) -> None:
     assert Settings.from_env({"GENSTREAM_HOST": host}).host == host
+
+
+def test_openai_settings_use_the_standard_variable_names() -> None:
+    settings = Settings.from_env(
+        {
+            "GENSTREAM_PROVIDER": "openai",
+            "GENSTREAM_MODEL": "llama3.1",
+            "OPENAI_BASE_URL": "http://127.0.0.1:11434/v1",
+            "OPENAI_API_KEY": "sk-secret",
+        }
+    )
+    assert settings.openai_base_url == "http://127.0.0.1:11434/v1"
+    assert settings.openai_api_key == "sk-secret"
+    assert "sk-secret" not in repr(settings)
+
+
+def test_openai_needs_a_model_and_an_http_url() -> None:
+    with pytest.raises(SettingsError, match="GENSTREAM_MODEL"):
+        Settings.from_env({"GENSTREAM_PROVIDER": "openai"})
+    with pytest.raises(SettingsError, match="OPENAI_BASE_URL"):
+        Settings.from_env(
+            {"GENSTREAM_PROVIDER": "openai", "GENSTREAM_MODEL": "m", "OPENAI_BASE_URL": "ftp://x"}
+        )
+
+
+def test_the_demo_names_its_model() -> None:
+    assert Settings.from_env({}).model == "genstream-demo-1"

@@ -61,3 +61,7 @@ class Provider(Protocol):
     def stream(self, job: Job) -> AsyncIterator[ModelOutput]:
         """Model output for ``job``, token by token, ending with ``Finished``."""
         ...
+
+    async def aclose(self) -> None:
+        """Release connections held for the provider."""
+        ...

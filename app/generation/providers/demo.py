@@ -88,6 +88,9 @@ class DemoProvider:
     def __init__(self, *, token_delay_ms: float = 15.0) -> None:
         self._delay = max(0.0, token_delay_ms) / 1000.0
 
+    async def aclose(self) -> None:
+        """Nothing to release: the demo model runs in process."""
+
     async def stream(self, job: Job) -> AsyncIterator[ModelOutput]:
         """The canned answer for ``job``, word by word."""
         rng = random.Random(hashlib.sha256(f"{job.mode}\0{job.prompt}".encode()).digest())

@@ -1,0 +1,1 @@
+"""Real stand-ins for external services, served on loopback for integration tests."""
