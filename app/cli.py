@@ -1,4 +1,4 @@
-"""Operator commands: ``genstream serve`` and ``genstream replay``."""
+"""Operator commands: ``genstream serve``, ``replay``, ``purge`` and ``token``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import asyncio
 import logging
 import sys
 import time
+from datetime import timedelta
 from typing import Any, TextIO
 
 import uvicorn
 
 from app.api.app import create_app
+from app.api.auth import USER_ID, mint_token
 from app.api.services import services
 from app.domain.events import (
     ContentBlockDelta,
@@ -20,12 +22,14 @@ from app.domain.events import (
     Error,
     ResponseChunk,
     StoredEvent,
+    utcnow,
 )
 from app.domain.ids import is_request_id
 from app.domain.replay import replay_offset
 from app.settings import Settings, SettingsError
 from app.store.engine import create_engines
 from app.store.log import EventLog
+from app.store.retention import purge_ended_before
 
 BAR_WIDTH = 24
 
@@ -76,6 +80,12 @@ async def replay(
         if record is None:
             print(f"genstream: no request {request_id}", file=sys.stderr)
             return 1
+        if from_seq > record.last_seq:
+            print(
+                f"genstream: --from {from_seq} is past the last event ({record.last_seq})",
+                file=sys.stderr,
+            )
+            return 1
         events = await event_log.read(request_id, after=from_seq - 1)
         started = time.monotonic()
         first_at = events[0].at if events else None
@@ -116,6 +126,39 @@ def summarize(event: StoredEvent) -> str:
     return summary if len(summary) <= 100 else summary[:97] + "..."
 
 
+async def purge(settings: Settings, older_than_s: float, out: TextIO) -> int:
+    """Delete requests that ended more than ``older_than_s`` seconds ago."""
+    engines = create_engines(
+        settings.database_url,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+    )
+    try:
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        purged = await purge_ended_before(engines, cutoff)
+    finally:
+        await engines.dispose()
+    print(f"purged {purged} requests that ended before {cutoff.isoformat()}", file=out)
+    return 0
+
+
+def token(settings: Settings, user: str, *, admin: bool, ttl_s: float, out: TextIO) -> int:
+    """Print a bearer token for ``user``, signed with GENSTREAM_JWT_SECRET."""
+    if not settings.jwt_secret:
+        print(
+            "genstream: GENSTREAM_JWT_SECRET is not set (local mode needs no token)",
+            file=sys.stderr,
+        )
+        return 2
+    if USER_ID.fullmatch(user) is None:
+        print("genstream: --user must be 1 to 128 characters without spaces", file=sys.stderr)
+        return 2
+    print(
+        mint_token(settings.jwt_secret, user, ttl=timedelta(seconds=ttl_s), admin=admin), file=out
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genstream`` command."""
     parser = argparse.ArgumentParser(prog="genstream", description=__doc__)
@@ -127,6 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         "--speed", type=float, default=1.0, help="2 = twice as fast, 0 = at once"
     )
     replay_cmd.add_argument("--from", dest="from_seq", type=int, default=1, help="first seq")
+    purge_cmd = sub.add_parser("purge", help="delete requests that ended long ago")
+    purge_cmd.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        help="seconds since the request ended (default: GENSTREAM_RETENTION_S)",
+    )
+    token_cmd = sub.add_parser("token", help="mint a bearer token (needs GENSTREAM_JWT_SECRET)")
+    token_cmd.add_argument("--user", required=True)
+    token_cmd.add_argument("--admin", action="store_true", help="may audit every user")
+    token_cmd.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -144,6 +198,15 @@ def main(argv: list[str] | None = None) -> int:
                 settings, args.request_id, speed=args.speed, from_seq=args.from_seq, out=sys.stdout
             )
         )
+    if args.command == "purge":
+        older_than = settings.retention_s if args.older_than is None else args.older_than
+        if older_than < 0 or (args.older_than is None and older_than == 0):
+            parser.error("give --older-than SECONDS (or set GENSTREAM_RETENTION_S)")
+        return asyncio.run(purge(settings, older_than, sys.stdout))
+    if args.command == "token":
+        if args.ttl <= 0:
+            parser.error("--ttl must be positive")
+        return token(settings, args.user, admin=args.admin, ttl_s=args.ttl, out=sys.stdout)
     serve(settings)
     return 0
 

@@ -61,6 +61,18 @@ class Settings:
     """A generation running longer ends with ``error{code: timeout}``."""
     max_active_per_user: int = 5
     """Queued plus running requests one user may have (429 beyond)."""
+    rate_per_minute: int = 30
+    """New requests one user may create per mode in any 60 seconds (429 beyond)."""
+    jwt_secret: str = field(default="", repr=False)
+    """HS256 secret for bearer tokens; empty = local mode (one user, loopback only)."""
+    stream_token_ttl_s: float = 600.0
+    """Lifetime of the request-scoped token in a POST response's stream_url."""
+    retention_s: float = 0.0
+    """Requests that ended longer ago than this are purged (0 = keep everything)."""
+    retention_interval_s: float = 3600.0
+    """How often the service purges when retention is on."""
+    shutdown_grace_s: float = 5.0
+    """On shutdown, running generations get this long before they end as interrupted."""
     max_prompt_chars: int = 20_000
     """Longest accepted prompt."""
     max_context_bytes: int = 65_536
@@ -114,13 +126,31 @@ class Settings:
             raise SettingsError("OPENAI_BASE_URL must be an http:// or https:// URL")
         if self.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise SettingsError("GENSTREAM_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")
-        if not is_loopback(self.host):
+        if not self.jwt_secret and not is_loopback(self.host):
             raise SettingsError(
-                f"GENSTREAM_HOST={self.host!r}: genstream has no authentication yet, so it "
-                "only binds to a loopback address (127.0.0.1, ::1 or localhost); put a proxy "
-                "that authenticates in front of it to serve other hosts"
+                f"GENSTREAM_HOST={self.host!r}: without GENSTREAM_JWT_SECRET genstream runs in "
+                "local mode (one user, no authentication) and only binds to a loopback "
+                "address; set GENSTREAM_JWT_SECRET (32+ random characters, e.g. from "
+                "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`) to serve "
+                "other hosts with bearer tokens"
             )
-        for name in ("runners", "max_active_per_user", "commit_batch_max", "port"):
+        for name in ("openai_connect_timeout_s", "openai_read_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"GENSTREAM_{name.upper()} must be positive")
+        if self.openai_max_retries < 0 or self.openai_retry_backoff_s < 0:
+            raise SettingsError(
+                "GENSTREAM_OPENAI_MAX_RETRIES and GENSTREAM_OPENAI_RETRY_BACKOFF_S "
+                "must not be negative"
+            )
+        if self.jwt_secret and len(self.jwt_secret) < 32:
+            raise SettingsError("GENSTREAM_JWT_SECRET must be at least 32 characters")
+        for name in (
+            "runners",
+            "max_active_per_user",
+            "rate_per_minute",
+            "commit_batch_max",
+            "port",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"GENSTREAM_{name.upper()} must be at least 1")
 

@@ -21,7 +21,11 @@ def service_factory(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     started: list[ServiceProcess] = []
 
     def make(name: str = "genstream", **env: str) -> ServiceProcess:
-        settings = {"GENSTREAM_DEMO_TOKEN_DELAY_MS": "1", **env}
+        settings = {
+            "GENSTREAM_DEMO_TOKEN_DELAY_MS": "1",
+            "GENSTREAM_RATE_PER_MINUTE": "10000",
+            **env,
+        }
         service = ServiceProcess(tmp_path / f"{name}.db", settings)
         service.start()
         started.append(service)

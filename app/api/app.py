@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from litestar import Litestar
 from litestar.exceptions import HTTPException
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
+from app.api.auth import AuthMiddleware
 from app.api.health import health, metrics, ready
 from app.api.problems import (
     ProblemError,
@@ -27,6 +31,7 @@ from app.api.requests import RequestController
 from app.api.services import ApiLimits, Services
 from app.api.stream import StreamController
 from app.api.tracks import track_content
+from app.domain.events import utcnow
 from app.domain.markers import MarkerLimits
 from app.generation.pool import RunnerPool
 from app.generation.providers.base import Provider
@@ -36,11 +41,11 @@ from app.settings import Settings
 from app.store.engine import create_engines
 from app.store.log import EventLog
 from app.store.queue import WorkQueue
+from app.store.retention import purge_ended_before
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
-SHUTDOWN_GRACE_S = 5.0
 
 
 class SchemaNotReady(RuntimeError):
@@ -105,13 +110,29 @@ def build_services(settings: Settings) -> Services:
             max_prompt_chars=settings.max_prompt_chars,
             max_context_bytes=settings.max_context_bytes,
             max_active_per_user=settings.max_active_per_user,
+            rate_per_minute=settings.rate_per_minute,
             sse_retry_ms=settings.sse_retry_ms,
             sse_ping_interval_s=settings.sse_ping_interval_s,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
             model=settings.model,
         ),
         migrations_head=migrations_head(),
+        jwt_secret=settings.jwt_secret,
+        stream_token_ttl=timedelta(seconds=settings.stream_token_ttl_s),
     )
+
+
+async def purge_periodically(svc: Services, retention_s: float, interval_s: float) -> None:
+    """Purge requests that ended more than ``retention_s`` ago, every ``interval_s``."""
+    while True:
+        try:
+            cutoff = utcnow() - timedelta(seconds=retention_s)
+            purged = await purge_ended_before(svc.engines, cutoff)
+            if purged:
+                log.info("retention purged %d requests that ended before %s", purged, cutoff)
+        except Exception:
+            log.exception("retention purge failed; retrying at the next interval")
+        await asyncio.sleep(interval_s)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -132,11 +153,22 @@ def create_app(settings: Settings | None = None) -> Litestar:
             )
         await svc.log.start()
         await svc.pool.start()
+        retention = (
+            asyncio.create_task(
+                purge_periodically(svc, settings.retention_s, settings.retention_interval_s),
+                name="retention",
+            )
+            if settings.retention_s > 0
+            else None
+        )
         try:
             yield
         finally:
             svc.begin_shutdown()
-            await svc.pool.stop(grace_s=SHUTDOWN_GRACE_S)
+            if retention is not None:
+                retention.cancel()
+                await asyncio.gather(retention, return_exceptions=True)
+            await svc.pool.stop(grace_s=settings.shutdown_grace_s)
             await svc.provider.aclose()
             await svc.log.close()
             await svc.engines.dispose()
@@ -157,6 +189,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             RecursionError: nesting_error_handler,
             Exception: internal_error_handler,
         },
+        middleware=[DefineMiddleware(AuthMiddleware, secret=settings.jwt_secret)],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="genstream",

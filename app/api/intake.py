@@ -20,8 +20,10 @@ from app.store.log import (
     DuplicateRequest,
     ElementBusy,
     NewRequest,
+    RateLimited,
     RequestRecord,
 )
+from app.store.retention import purged_owner
 
 TRACK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 ELEMENT_ID = re.compile(
@@ -38,13 +40,14 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     created_at: Any
     status_code: int
+    stream_url: str
 
     def response(self) -> Response[CreatedRequest]:
         """The HTTP answer: the request, its stream URL and its Location."""
         body = CreatedRequest(
             request_id=self.request_id,
             status=self.status,
-            stream_url=stream_url(self.request_id),
+            stream_url=self.stream_url,
             created_at=self.created_at,
         )
         return Response(
@@ -57,11 +60,6 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
 def new_request_id() -> str:
     """A fresh UUIDv7."""
     return uuid7(time.time_ns() // 1_000_000, os.urandom(10))
-
-
-def stream_url(request_id: str) -> str:
-    """Where a request's SSE stream is served."""
-    return f"/assistant/stream/{request_id}"
 
 
 def checked_request_id(request_id: str) -> str:
@@ -99,7 +97,7 @@ async def accept(
     """Validate ``body`` and queue it; replays and busy field elements return the existing."""
     key = checked_idempotency_key(idempotency_key)
     if key is not None and (existing := await svc.log.find_idempotent(user, key)) is not None:
-        return _existing(existing)
+        return _existing(svc, existing)
     context = validated_context(body, svc)
     element_id = context.get("element_id") if body.mode == "field" else None
     new = NewRequest(
@@ -111,6 +109,7 @@ async def accept(
         idempotency_key=key,
         parent_request_id=parent_request_id,
         max_active=svc.limits.max_active_per_user,
+        max_per_minute=svc.limits.rate_per_minute,
     )
     position = await svc.queue.depth() + 1
     try:
@@ -136,28 +135,47 @@ async def accept(
             "wait for one to finish or cancel one",
             headers={"Retry-After": "5"},
         ) from None
+    except RateLimited as exc:
+        raise ProblemError(
+            429,
+            "too_many_new_requests",
+            f"you created {exc.limit} {body.mode} requests in the last minute; "
+            f"try again in {exc.retry_after_s} s",
+            headers={
+                "Retry-After": str(exc.retry_after_s),
+                "RateLimit-Policy": f"{exc.limit};w=60",
+                "RateLimit-Limit": str(exc.limit),
+                "RateLimit-Remaining": "0",
+                "RateLimit-Reset": str(exc.retry_after_s),
+            },
+        ) from None
     except ElementBusy as exc:
         active = await svc.log.get(exc.request_id)
         assert active is not None
-        return _existing(active, status="already_processing")
+        return _existing(svc, active, status="already_processing")
     except DuplicateRequest:
         # A concurrent request with the same Idempotency-Key won the race.
         existing = await svc.log.find_idempotent(user, key) if key else None
         if existing is None:
             raise
-        return _existing(existing)
+        return _existing(svc, existing)
     svc.pool.notify()
     return Accepted(
-        request_id=new.request_id, status="queued", created_at=events[0].at, status_code=201
+        request_id=new.request_id,
+        status="queued",
+        created_at=events[0].at,
+        status_code=201,
+        stream_url=svc.stream_link(new.request_id, user),
     )
 
 
-def _existing(record: RequestRecord, status: str | None = None) -> Accepted:
+def _existing(svc: Services, record: RequestRecord, status: str | None = None) -> Accepted:
     return Accepted(
         request_id=record.request_id,
         status=status or record.status,
         created_at=record.created_at,
         status_code=200,
+        stream_url=svc.stream_link(record.request_id, record.user_id),
     )
 
 
@@ -216,8 +234,14 @@ def _depth(value: object) -> int:
 
 
 async def owned_request(svc: Services, request_id: str, user_id: str) -> RequestRecord:
-    """The caller's request, or 404 (another user's request is reported as absent)."""
+    """The caller's request: 404 if absent or someone else's, 410 if retention purged it."""
     record = owned(await svc.log.get(checked_request_id(request_id)), user_id)
-    if record is None:
-        raise ProblemError(404, "request_not_found", f"there is no request {request_id}")
-    return record
+    if record is not None:
+        return record
+    if await purged_owner(svc.engines, request_id) == user_id:
+        raise ProblemError(
+            410,
+            "request_purged",
+            f"request {request_id} ended long enough ago that retention deleted its events",
+        )
+    raise ProblemError(404, "request_not_found", f"there is no request {request_id}")

@@ -52,15 +52,17 @@ class ProblemError(Exception):
 
 _MEANINGS = {
     400: "Invalid input: malformed JSON, wrong types, bad IDs or parameters",
+    401: "Missing, malformed, expired or forged credentials",
     404: "No such request (another user's request is reported the same way)",
     409: "Conflicts with the request's state",
+    410: "The request's events were deleted by retention",
     413: "The request body is too large",
     429: "Too many active requests; see Retry-After",
 }
 
 
 def problem_specs(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the problem responses a route can give."""
+    """OpenAPI entries for the problem responses a route can give (401 on every one)."""
     return {
         status: ResponseSpec(
             data_container=Problem,
@@ -68,7 +70,7 @@ def problem_specs(*statuses: int) -> dict[int, ResponseSpec]:
             media_type=PROBLEM_MEDIA_TYPE,
             generate_examples=False,
         )
-        for status in statuses
+        for status in sorted({401, *statuses})
     }
 
 
@@ -93,6 +95,7 @@ _CODES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    410: "request_purged",
     413: "body_too_large",
     429: "too_many_requests",
 }
@@ -117,9 +120,12 @@ def http_exception_handler(
         detail = "the request body is too large; send a smaller prompt or context"
     if status == 404 and code == "not_found":
         detail = f"no route {request.method} {request.url.path}"
+    headers = dict(exc.headers or {})
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="genstream"')
     return problem_response(
         request,
-        ProblemError(status, code, detail, headers=dict(exc.headers or {}), errors=errors),
+        ProblemError(status, code, detail, headers=headers, errors=errors),
     )
 
 

@@ -12,7 +12,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from app.api.intake import accept, owned_request, stream_url
+from app.api.intake import accept, owned_request
 from app.api.problems import ProblemError, problem_specs
 from app.api.schemas import (
     CancelOut,
@@ -74,7 +74,7 @@ class RequestController(Controller):
     @get(
         "/requests/{request_id:str}",
         summary="Status, and the result once terminal",
-        responses=problem_specs(400, 404),
+        responses=problem_specs(400, 404, 410),
     )
     async def status(
         self, request: Request[Any, Any, State], state: State, request_id: str
@@ -135,7 +135,7 @@ class RequestController(Controller):
         summary="Run a request again with the same inputs",
         responses={
             200: ResponseSpec(data_container=CreatedRequest, description="Idempotent replay"),
-            **problem_specs(400, 404, 413, 429),
+            **problem_specs(400, 404, 410, 413, 429),
         },
     )
     async def regenerate(
@@ -176,7 +176,7 @@ class RequestController(Controller):
     @get(
         "/requests/{request_id:str}/events",
         summary="Events as JSON (catch-up without SSE)",
-        responses=problem_specs(400, 404),
+        responses=problem_specs(400, 404, 410),
     )
     async def events(
         self,
@@ -200,7 +200,7 @@ class RequestController(Controller):
     @get(
         "/requests/{request_id:str}/page",
         summary="The page projected from events",
-        responses=problem_specs(400, 404),
+        responses=problem_specs(400, 404, 410),
     )
     async def page(
         self,
@@ -222,7 +222,7 @@ class RequestController(Controller):
         "/requests/{request_id:str}/cancel",
         status_code=200,
         summary="Cancel a request",
-        responses=problem_specs(400, 404, 409),
+        responses=problem_specs(400, 404, 409, 410),
     )
     async def cancel(
         self, request: Request[Any, Any, State], state: State, request_id: str
@@ -267,7 +267,7 @@ async def status_body(svc: Services, record: RequestRecord) -> RequestStatusOut:
         last_seq=record.last_seq,
         created_at=record.created_at,
         updated_at=record.updated_at,
-        stream_url=stream_url(record.request_id),
+        stream_url=svc.stream_link(record.request_id, record.user_id),
         parent_request_id=record.parent_request_id,
         result=result,
     )

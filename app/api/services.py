@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.exceptions import NotAuthorizedException
 
+from app.api.auth import Principal, mint_token
 from app.generation.pool import RunnerPool
 from app.generation.providers.base import Provider
 from app.store.engine import Engines
 from app.store.log import EventLog, RequestRecord
 from app.store.queue import WorkQueue
-
-LOCAL_USER = "local"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,6 +26,7 @@ class ApiLimits:
     max_prompt_chars: int
     max_context_bytes: int
     max_active_per_user: int
+    rate_per_minute: int
     sse_retry_ms: int
     sse_ping_interval_s: float
     stream_idle_timeout_s: float
@@ -41,8 +44,20 @@ class Services:
     pool: RunnerPool
     limits: ApiLimits
     migrations_head: str | None
+    jwt_secret: str = field(default="", repr=False)
+    stream_token_ttl: timedelta = timedelta(minutes=10)
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     open_streams: int = 0
+
+    def stream_link(self, request_id: str, user_id: str) -> str:
+        """Where to stream a request; with auth on, it carries a token for that request only."""
+        path = f"/assistant/stream/{request_id}"
+        if not self.jwt_secret:
+            return path
+        token = mint_token(
+            self.jwt_secret, user_id, ttl=self.stream_token_ttl, stream_of=request_id
+        )
+        return f"{path}?token={token}"
 
     def begin_shutdown(self) -> None:
         """Make every open stream end now (clients resume elsewhere or later)."""
@@ -57,9 +72,19 @@ def services(state: State) -> Services:
     return value
 
 
-def current_user(request: Request[object, object, State]) -> str:
-    """The caller's user ID (one local user until authentication is configured)."""
-    return LOCAL_USER
+def principal(request: Request[Any, Any, State]) -> Principal:
+    """The authenticated caller (set by the auth middleware)."""
+    user = request.scope.get("user")
+    assert isinstance(user, Principal)
+    return user
+
+
+def current_user(request: Request[Any, Any, State]) -> str:
+    """The caller's user ID; a stream token, scoped to one stream, does not carry one."""
+    caller = principal(request)
+    if caller.stream_of is not None:
+        raise NotAuthorizedException("a stream token only opens its request's stream")
+    return caller.user_id
 
 
 def owned(record: RequestRecord | None, user_id: str) -> RequestRecord | None:

@@ -19,7 +19,7 @@ from litestar.response import Stream
 from app.api import sse
 from app.api.intake import owned_request
 from app.api.problems import ProblemError, problem_specs
-from app.api.services import Services, current_user, services
+from app.api.services import Services, principal, services
 from app.domain.events import format_at
 from app.domain.projections import PageView, fold_page
 from app.domain.replay import replay_offset
@@ -69,7 +69,7 @@ class StreamController(Controller):
             "already seen the terminal event."
         ),
         media_type="text/event-stream",
-        responses={204: _NO_CONTENT, **problem_specs(400, 404, 409)},
+        responses={204: _NO_CONTENT, **problem_specs(400, 404, 409, 410)},
     )
     async def stream(
         self,
@@ -86,7 +86,7 @@ class StreamController(Controller):
     ) -> Response[Any]:
         """Resume with the ``Last-Event-ID`` header or ``?last_event_id=``."""
         svc = services(state)
-        record = await owned_request(svc, request_id, current_user(request))
+        record = await owned_request(svc, request_id, principal(request).user_id)
         seen = resume_point(record, last_event_id_header, last_event_id)
         if record.terminal and seen == record.last_seq:
             return Response(content=b"", status_code=204)
@@ -107,7 +107,7 @@ class StreamController(Controller):
             "Last-Event-ID takes precedence."
         ),
         media_type="text/event-stream",
-        responses={204: _NO_CONTENT, **problem_specs(400, 404, 409)},
+        responses={204: _NO_CONTENT, **problem_specs(400, 404, 409, 410)},
     )
     async def replay(
         self,
@@ -122,7 +122,7 @@ class StreamController(Controller):
     ) -> Response[Any]:
         """The stored history, paced like the original (then the live tail, if still running)."""
         svc = services(state)
-        record = await owned_request(svc, request_id, current_user(request))
+        record = await owned_request(svc, request_id, principal(request).user_id)
         if last_event_id_header:
             after = resume_point(record, last_event_id_header, None)
         else:

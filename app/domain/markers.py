@@ -84,6 +84,12 @@ class MarkerParser:
     _stack: list[_Block] = field(default_factory=list)
     _count: int = 0
     _out: list[Payload] = field(default_factory=list)
+    _kept: list[str] = field(default_factory=list)
+
+    @property
+    def accepted_text(self) -> str:
+        """The model's text less what the parser dropped (rejected components' source)."""
+        return "".join(self._kept)
 
     def feed(self, text: str) -> list[Payload]:
         """Events completed by ``text``."""
@@ -137,10 +143,12 @@ class MarkerParser:
         if at_line_start and line.lstrip().startswith(MARKER_PREFIX):
             body = line.rstrip("\r\n")
             if (m := _START_RE.match(body)) is not None:
-                self._open(m.group("name"), m.group("position"), line)
+                if self._open(m.group("name"), m.group("position"), line):
+                    self._kept.append(line)
                 return
             if (m := _END_RE.match(body)) is not None:
-                self._close(m.group("name"), line)
+                if self._close(m.group("name"), line):
+                    self._kept.append(line)
                 return
         if self._stack:
             self._source(line)
@@ -149,22 +157,23 @@ class MarkerParser:
 
     # --- markers ------------------------------------------------------------------------
 
-    def _open(self, name: str, position: str | None, line: str) -> None:
+    def _open(self, name: str, position: str | None, line: str) -> bool:
+        """Open a component; True when the marker line is kept as a marker."""
         if self._stack and (self._stack[-1].stopped or self._stack[-1].silent):
             self._stack.append(_Block(index=-1, name=name, silent=True))
-            return
+            return False
         if NAME_RE.fullmatch(name) is None:
             self._error(f"invalid component name {name!r}", line)
-            return
+            return False
         if position is not None and POSITION_RE.fullmatch(position) is None:
             self._error(f"invalid position {position!r} for {name}", line)
-            return
+            return False
         if len(self._stack) >= self.limits.max_depth:
             self._error(f"{name} is nested deeper than {self.limits.max_depth}", line)
-            return
+            return False
         if self._count >= self.limits.max_components:
             self._error(f"more than {self.limits.max_components} components", line)
-            return
+            return False
         index = self._count
         self._count += 1
         parent = self._stack[-1].index if self._stack else None
@@ -174,17 +183,22 @@ class MarkerParser:
                 index=index, name=name, position=position or str(index), parent=parent
             )
         )
+        return True
 
-    def _close(self, name: str, line: str) -> None:
+    def _close(self, name: str, line: str) -> bool:
+        """Close a component; True when the marker line is kept as a marker."""
         top = self._stack[-1] if self._stack else None
         if top is None or top.name != name:
             if top is not None and (top.stopped or top.silent):
-                return  # inside a rejected component everything is dropped
+                return False  # inside a rejected component everything is dropped
             self._error(f"END {name} does not match the open component", line)
-            return
+            return False
         self._stack.pop()
-        if not top.silent and not top.stopped:
+        if top.silent:
+            return False
+        if not top.stopped:
             self._out.append(ContentBlockStop(index=top.index, size=top.size))
+        return True
 
     # --- text ---------------------------------------------------------------------------
 
@@ -207,6 +221,7 @@ class MarkerParser:
         self._delta(block, text)
 
     def _delta(self, block: _Block, text: str) -> None:
+        self._kept.append(text)
         block.size += len(text)
         last = self._out[-1] if self._out else None
         if isinstance(last, ContentBlockDelta) and last.index == block.index:
@@ -221,6 +236,7 @@ class MarkerParser:
         )
 
     def _chunk(self, text: str) -> None:
+        self._kept.append(text)
         last = self._out[-1] if self._out else None
         if isinstance(last, ResponseChunk):
             self._out[-1] = ResponseChunk(delta=last.delta + text)

@@ -163,7 +163,8 @@ class Runner:
         if parser is not None and (tail := parser.finish()):
             _note_components(tail, components)
             await self._log.append(job.request_id, _with_tokens(tail, tokens))
-        content = "".join(text)
+        # A generated page's content leaves out what the parser rejected.
+        content = parser.accepted_text if parser is not None else "".join(text)
         output: str | None = None
         if job.mode == "field":
             # The tool call's value, or the plain answer of a model that ignored the tool.
@@ -229,6 +230,17 @@ def _tool_action(job: Job, call: ToolCall) -> list[Payload]:
         return []
     args = call.arguments
     content, name = args.get("content"), args.get("name")
+    required = {
+        "update_component": ("index", "content"),
+        "insert_component": ("name", "content"),
+        "remove_component": ("index",),
+    }[call.name]
+    if missing := [key for key in required if args.get(key) is None]:
+        raise ProviderError(
+            "malformed_tool_arguments",
+            f"the model's {call.name} lacks {', '.join(missing)}",
+            retryable=True,
+        )
     if isinstance(content, str) and (found := INJECTION_RE.search(content)) is not None:
         raise ProviderError(
             "unsafe_output",

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -66,6 +67,15 @@ class ActiveLimitReached(AppendRejected):
         self.limit = limit
 
 
+class RateLimited(AppendRejected):
+    """The user already created as many requests of this mode in the last minute as allowed."""
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        super().__init__(f"{limit} new requests per minute")
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
 class ElementBusy(AppendRejected):
     """The user already has an active request for this editor element."""
 
@@ -107,6 +117,8 @@ class NewRequest(msgspec.Struct, frozen=True, kw_only=True):
     parent_request_id: str | None = None
     max_active: int | None = None
     """Refuse the request when its user already has this many queued or running."""
+    max_per_minute: int | None = None
+    """Refuse it when its user created this many of its mode in the last 60 seconds."""
 
 
 @dataclass(slots=True)
@@ -252,7 +264,7 @@ class EventLog:
             state = await _load_state(conn, {i.request_id for i in batch if i.new is None})
             # Admission checks run here, inside the write transaction, so that concurrent
             # creations cannot both slip under a limit.
-            admission = await _load_admission(conn, [i.new for i in batch if i.new is not None])
+            admission = await _load_admission(conn, [i.new for i in batch if i.new is not None], at)
             new_rows: list[dict[str, object]] = []
             event_rows: list[dict[str, object]] = []
             written: list[tuple[str, int, str, bytes]] = []
@@ -489,10 +501,15 @@ async def _load_state(conn: AsyncConnection, request_ids: set[str]) -> dict[str,
     return {str(r.request_id): _State(int(r.last_seq), str(r.status)) for r in rows}
 
 
+RATE_WINDOW = timedelta(minutes=1)
+
+
 @dataclass(slots=True)
 class _Admission:
-    active: dict[str, int]
-    elements: dict[tuple[str, str], str]
+    at: datetime
+    active: dict[str, int] = field(default_factory=dict)
+    elements: dict[tuple[str, str], str] = field(default_factory=dict)
+    recent: dict[tuple[str, str], tuple[int, datetime]] = field(default_factory=dict)
 
     def admit(self, new: NewRequest | None) -> AppendRejected | None:
         """Refuse ``new`` if it breaks a limit; otherwise count it in."""
@@ -504,14 +521,21 @@ class _Admission:
         active = self.active.get(new.user_id, 0)
         if new.max_active is not None and active >= new.max_active:
             return ActiveLimitReached(new.user_id, new.max_active)
+        count, oldest = self.recent.get((new.user_id, new.mode), (0, self.at))
+        if new.max_per_minute is not None and count >= new.max_per_minute:
+            wait = (oldest + RATE_WINDOW - self.at).total_seconds()
+            return RateLimited(new.max_per_minute, max(1, math.ceil(wait)))
         self.active[new.user_id] = active + 1
+        self.recent[(new.user_id, new.mode)] = (count + 1, oldest)
         if new.element_id:
             self.elements[key] = new.request_id
         return None
 
 
-async def _load_admission(conn: AsyncConnection, news: list[NewRequest]) -> _Admission:
-    admission = _Admission(active={}, elements={})
+async def _load_admission(
+    conn: AsyncConnection, news: list[NewRequest], at: datetime
+) -> _Admission:
+    admission = _Admission(at=at)
     users = sorted({n.user_id for n in news if n.max_active is not None})
     if users:
         counts = await conn.execute(
@@ -520,6 +544,21 @@ async def _load_admission(conn: AsyncConnection, news: list[NewRequest]) -> _Adm
             .group_by(requests.c.user_id)
         )
         admission.active = {str(row.user_id): int(row.n) for row in counts}
+    rated = sorted({n.user_id for n in news if n.max_per_minute is not None})
+    if rated:
+        window = await conn.execute(
+            select(
+                requests.c.user_id,
+                requests.c.mode,
+                func.count().label("n"),
+                func.min(requests.c.created_at).label("oldest"),
+            )
+            .where(requests.c.user_id.in_(rated), requests.c.created_at > at - RATE_WINDOW)
+            .group_by(requests.c.user_id, requests.c.mode)
+        )
+        admission.recent = {
+            (str(row.user_id), str(row.mode)): (int(row.n), _aware(row.oldest)) for row in window
+        }
     elements = sorted({n.element_id for n in news if n.element_id})
     if elements:
         rows = await conn.execute(
@@ -529,6 +568,13 @@ async def _load_admission(conn: AsyncConnection, news: list[NewRequest]) -> _Adm
         )
         admission.elements = {(str(u), str(e)): str(r) for r, u, e in rows}
     return admission
+
+
+def _aware(value: datetime | str) -> datetime:
+    """Aggregates skip the column type, so SQLite hands back naive UTC (or even text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _check(item: _Append, state: dict[str, _State]) -> AppendRejected | None:

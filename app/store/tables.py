@@ -87,3 +87,12 @@ requests = Table(
     Index(None, "status", "created_at"),
     Index(None, "user_id", "status"),
 )
+
+# Tombstones of requests removed by retention: reads answer 410 Gone rather than 404.
+purged_requests = Table(
+    "purged_requests",
+    metadata,
+    Column("request_id", String(36), primary_key=True),
+    Column("user_id", String(128), nullable=False),
+    Column("purged_at", UTCDateTime, nullable=False),
+)

@@ -152,6 +152,15 @@ async def test_an_unsafe_edit_is_refused(client: httpx.AsyncClient, fake: FakeOp
     assert not [e for e in events if e["type"] == "action"]
 
 
+async def test_an_edit_call_without_its_arguments_is_malformed(
+    client: httpx.AsyncClient, fake: FakeOpenAIServer
+) -> None:
+    fake.script(Completion(tool_calls=[ScriptedToolCall("update_component", "{}", 1)]))
+    events = await run(client, {"prompt": "x", "mode": "edit", "context": {"page": {}}})
+    assert events[-1]["code"] == "malformed_tool_arguments"
+    assert "index" in events[-1]["message"]
+
+
 async def test_provider_failures_end_in_a_clear_error(
     client: httpx.AsyncClient, fake: FakeOpenAIServer
 ) -> None:

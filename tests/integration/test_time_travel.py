@@ -174,6 +174,9 @@ async def test_the_unsafe_demo_prompt_shows_a_rejected_component(
     page = (await client.get(f"/assistant/requests/{events[0]['request_id']}/page")).json()
     widget = next(c for c in page["components"] if c["name"] == "EmbedWidget")
     assert widget["status"] == "rejected" and "<script" not in widget["content"]
+    # Regression: the terminal event's content used to carry the rejected source.
+    assert "<script" not in events[-1]["content"]
+    assert "/// START EmbedWidget" in events[-1]["content"]
     grid = next(c for c in page["components"] if c["name"] == "FeatureGrid")
     assert [c["name"] for c in grid["children"]] == ["FeatureCard"] * 3
 
@@ -199,3 +202,14 @@ async def test_cli_replay_prints_every_event_with_progress(client: httpx.AsyncCl
     total = events[-1]["seq"]
     assert lines[0].startswith("[") and f" 1/{total}  created" in lines[0]
     assert lines[-1].startswith("[" + "#" * 24 + "]") and "complete" in lines[-1]
+    past = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "app.cli", "replay", rid, "--from", str(total + 1)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert past.returncode == 1 and "past the last event" in past.stderr

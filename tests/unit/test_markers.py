@@ -244,3 +244,13 @@ def test_folding_any_chunking_gives_back_the_components(
     assert folded(page.components) == expected(tree)
     assert page.text == f"{prose}\n{prose}"
     assert all(c.status == "ok" for c in page.components)
+
+
+def test_accepted_text_is_the_input_less_what_was_rejected() -> None:
+    parser = MarkerParser()
+    clean = "Intro\n/// START A\n<p>a</p>\n/// END A\n"
+    unsafe = "/// START B\n<p>ok</p>\n<script>x()</script>\n/// START C\nc\n/// END C\n/// END B\n"
+    parser.feed(clean + unsafe + "bye\n")
+    parser.finish()
+    assert parser.accepted_text == clean + "/// START B\n<p>ok</p>\n/// END B\nbye\n"
+    assert "<script" not in parser.accepted_text

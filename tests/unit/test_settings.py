@@ -41,8 +41,15 @@ def test_sqlite_path() -> None:
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.4", "example.com", "::"])
 def test_only_loopback_hosts_without_authentication(host: str) -> None:
-    with pytest.raises(SettingsError, match="loopback"):
+    with pytest.raises(SettingsError, match="GENSTREAM_JWT_SECRET"):
         Settings.from_env({"GENSTREAM_HOST": host})
+    secret = "s" * 32
+    assert Settings.from_env({"GENSTREAM_HOST": host, "GENSTREAM_JWT_SECRET": secret}).host == host
+
+
+def test_short_secrets_are_refused() -> None:
+    with pytest.raises(SettingsError, match="32"):
+        Settings.from_env({"GENSTREAM_JWT_SECRET": "short"})
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])

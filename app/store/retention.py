@@ -1,0 +1,55 @@
+"""Retention: whole finished requests older than a cutoff leave the log, tombstones stay.
+
+This is the one place events are ever deleted (DESIGN section 2, invariant 1), and only
+whole requests that have ended, so no stream is cut short.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select
+
+from app.domain.events import TERMINAL_STATUSES, utcnow
+from app.store.engine import Engines
+from app.store.tables import events, purged_requests, requests
+
+
+async def purge_ended_before(engines: Engines, cutoff: datetime, *, batch: int = 500) -> int:
+    """Delete requests that ended before ``cutoff``, with their events; returns how many."""
+    total = 0
+    while True:
+        async with engines.write.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(requests.c.request_id, requests.c.user_id)
+                    .where(
+                        requests.c.status.in_(TERMINAL_STATUSES),
+                        requests.c.updated_at < cutoff,
+                    )
+                    .limit(batch)
+                )
+            ).all()
+            if not rows:
+                return total
+            ids = [row.request_id for row in rows]
+            now = utcnow()
+            await conn.execute(
+                insert(purged_requests),
+                [
+                    {"request_id": r.request_id, "user_id": r.user_id, "purged_at": now}
+                    for r in rows
+                ],
+            )
+            await conn.execute(delete(events).where(events.c.request_id.in_(ids)))
+            await conn.execute(delete(requests).where(requests.c.request_id.in_(ids)))
+        total += len(rows)
+
+
+async def purged_owner(engines: Engines, request_id: str) -> str | None:
+    """The user whose request ``request_id`` retention removed, if it did."""
+    async with engines.read.connect() as conn:
+        owner = await conn.scalar(
+            select(purged_requests.c.user_id).where(purged_requests.c.request_id == request_id)
+        )
+    return None if owner is None else str(owner)
