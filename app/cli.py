@@ -1,15 +1,16 @@
-"""Operator commands: ``genstream serve``, ``replay``, ``purge`` and ``token``."""
+"""Operator commands: serve, replay, audit, export, verify, rebuild, purge, token."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TextIO
 
+import msgspec
 import uvicorn
 
 from app.api.app import create_app
@@ -22,12 +23,16 @@ from app.domain.events import (
     Error,
     ResponseChunk,
     StoredEvent,
+    envelope_json,
     utcnow,
 )
 from app.domain.ids import is_request_id
 from app.domain.replay import replay_offset
+from app.logcontext import configure_logging
 from app.settings import Settings, SettingsError
-from app.store.engine import create_engines
+from app.store.audit import EventQuery, RequestQuery, all_events, audit_requests
+from app.store.engine import Engines, create_engines
+from app.store.integrity import check
 from app.store.log import EventLog
 from app.store.retention import purge_ended_before
 
@@ -61,6 +66,9 @@ def serve(settings: Settings) -> None:
         loop="auto",
         http="auto",
         timeout_graceful_shutdown=10,
+        # Our logfmt handler formats uvicorn's lines too; no access log (it would hold
+        # the stream tokens in query strings, and one line per SSE request adds nothing).
+        log_config=None,
         access_log=False,
     )
     _Server(config).run()
@@ -159,6 +167,84 @@ def token(settings: Settings, user: str, *, admin: bool, ttl_s: float, out: Text
     return 0
 
 
+def _engines(settings: Settings) -> Engines:
+    return create_engines(
+        settings.database_url,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+    )
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    """Progress on stderr, so stdout stays clean for the command's output."""
+
+    def show(done: int, total: int) -> None:
+        print(f"\r{label}: {done}/{total} requests", end="", file=sys.stderr, flush=True)
+        if done >= total:
+            print(file=sys.stderr)
+
+    return show
+
+
+async def verify(settings: Settings, *, repair: bool, out: TextIO) -> int:
+    """Check every invariant and the read model against the events (and repair drift)."""
+    engines = _engines(settings)
+    try:
+        label = "rebuilding" if repair else "verifying"
+        findings = await check(engines, repair=repair, progress=_progress(label))
+    finally:
+        await engines.dispose()
+    for finding in findings:
+        print(f"{finding.request_id}  {finding.problem}", file=out)
+    verdict = "repaired" if repair and findings else "found"
+    print(f"{len(findings)} problems {verdict}", file=out)
+    return 1 if findings and not repair else 0
+
+
+async def export(settings: Settings, query: EventQuery, out: TextIO) -> int:
+    """Every matching event as NDJSON (with its global position and user)."""
+    engines = _engines(settings)
+    count = 0
+    try:
+        async for item in all_events(engines, query):
+            print(
+                msgspec.json.encode(
+                    {"id": item.event.id, "user_id": item.user_id}
+                    | msgspec.json.decode(envelope_json(item.event))
+                ).decode(),
+                file=out,
+            )
+            count += 1
+            if count % 10_000 == 0:
+                print(f"\rexported {count} events", end="", file=sys.stderr, flush=True)
+    finally:
+        await engines.dispose()
+    print(f"exported {count} events", file=sys.stderr)
+    return 0
+
+
+async def audit(settings: Settings, query: RequestQuery, out: TextIO) -> int:
+    """The requests read model as a readable table."""
+    engines = _engines(settings)
+    try:
+        records = await audit_requests(engines, query)
+    finally:
+        await engines.dispose()
+    print(
+        f"{'request_id':<36}  {'user':<12} {'mode':<8} {'status':<9} {'events':>6}  created",
+        file=out,
+    )
+    for r in records:
+        created = r.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"{r.request_id:<36}  {r.user_id[:12]:<12} {r.mode:<8} {r.status:<9} "
+            f"{r.last_seq:>6}  {created}",
+            file=out,
+        )
+    print(f"{len(records)} requests", file=out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``genstream`` command."""
     parser = argparse.ArgumentParser(prog="genstream", description=__doc__)
@@ -177,6 +263,21 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="seconds since the request ended (default: GENSTREAM_RETENTION_S)",
     )
+    audit_cmd = sub.add_parser("audit", help="list requests as a table")
+    audit_cmd.add_argument("--user")
+    audit_cmd.add_argument("--status")
+    audit_cmd.add_argument("--mode")
+    audit_cmd.add_argument("--limit", type=int, default=50)
+    export_cmd = sub.add_parser("export", help="write events as NDJSON to stdout")
+    export_cmd.add_argument("--user")
+    export_cmd.add_argument("--request-id")
+    export_cmd.add_argument("--type")
+    export_cmd.add_argument("--after-id", type=int, default=0)
+    sub.add_parser("verify", help="check the log's invariants and the read model")
+    rebuild_cmd = sub.add_parser("rebuild", help="recompute the requests read model from events")
+    rebuild_cmd.add_argument(
+        "--repair", action="store_true", help="write the fixes (stop the service first)"
+    )
     token_cmd = sub.add_parser("token", help="mint a bearer token (needs GENSTREAM_JWT_SECRET)")
     token_cmd.add_argument("--user", required=True)
     token_cmd.add_argument("--admin", action="store_true", help="may audit every user")
@@ -187,9 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"genstream: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level)
     if args.command == "replay":
         if args.speed < 0 or args.from_seq < 1:
             parser.error("--speed must be >= 0 and --from >= 1")
@@ -203,6 +302,19 @@ def main(argv: list[str] | None = None) -> int:
         if older_than < 0 or (args.older_than is None and older_than == 0):
             parser.error("give --older-than SECONDS (or set GENSTREAM_RETENTION_S)")
         return asyncio.run(purge(settings, older_than, sys.stdout))
+    if args.command == "audit":
+        query = RequestQuery(
+            user_id=args.user, status=args.status, mode=args.mode, limit=max(1, args.limit)
+        )
+        return asyncio.run(audit(settings, query, sys.stdout))
+    if args.command == "export":
+        events_query = EventQuery(
+            user_id=args.user, request_id=args.request_id, type=args.type, after_id=args.after_id
+        )
+        return asyncio.run(export(settings, events_query, sys.stdout))
+    if args.command in ("verify", "rebuild"):
+        repair = args.command == "rebuild" and args.repair
+        return asyncio.run(verify(settings, repair=repair, out=sys.stdout))
     if args.command == "token":
         if args.ttl <= 0:
             parser.error("--ttl must be positive")

@@ -18,6 +18,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
+from app.api.audit import AuditController
 from app.api.auth import AuthMiddleware
 from app.api.health import health, metrics, ready
 from app.api.problems import (
@@ -106,6 +107,7 @@ def build_services(settings: Settings) -> Services:
         log=event_log,
         queue=queue,
         pool=pool,
+        generation=runner.stats,
         limits=ApiLimits(
             max_prompt_chars=settings.max_prompt_chars,
             max_context_bytes=settings.max_context_bytes,
@@ -178,6 +180,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             RequestController,
             StreamController,
             track_content,
+            AuditController,
             health,
             ready,
             metrics,
@@ -199,4 +202,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
         debug=False,
+        # Logging is configured once, at the edge (app.logcontext, from the CLI).
+        logging_config=None,
     )

@@ -6,6 +6,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 
+from app.api.problems import problem_specs
 from app.api.schemas import Health
 from app.api.services import services
 
@@ -44,30 +45,100 @@ async def ready(state: State) -> Response[Health]:
     )
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus metrics", media_type="text/plain")
+@get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics",
+    media_type="text/plain",
+    responses=problem_specs(),
+)
 async def metrics(state: State) -> Response[str]:
-    """Counters of the log writer, the runners and the streams, in Prometheus text format."""
+    """The service's counters, gauges and histograms in Prometheus text format."""
     svc = services(state)
-    stats = svc.log.stats
-    lines = [
-        "# HELP genstream_log_commits_total Group-commit transactions of the event log.",
-        "# TYPE genstream_log_commits_total counter",
-        f"genstream_log_commits_total {stats.commits}",
-        "# HELP genstream_log_events_total Events appended to the log.",
-        "# TYPE genstream_log_events_total counter",
-        f"genstream_log_events_total {stats.events}",
-        "# HELP genstream_log_appends_total Append calls folded into commits.",
-        "# TYPE genstream_log_appends_total counter",
-        f"genstream_log_appends_total {stats.appends}",
-        "# HELP genstream_log_largest_batch Most appends committed in one transaction.",
-        "# TYPE genstream_log_largest_batch gauge",
-        f"genstream_log_largest_batch {stats.largest_batch}",
-        "# HELP genstream_runner_active Generations running in this process.",
-        "# TYPE genstream_runner_active gauge",
-        f"genstream_runner_active {svc.pool.active}",
-        "# HELP genstream_sse_open_streams Open SSE connections.",
-        "# TYPE genstream_sse_open_streams gauge",
-        f"genstream_sse_open_streams {svc.open_streams}",
-        "",
-    ]
-    return Response("\n".join(lines), media_type="text/plain; version=0.0.4")
+    log_stats, gen, streams = svc.log.stats, svc.generation, svc.streams
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: dict[str, float]) -> None:
+        lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"])
+        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples.items())
+
+    def by(label: str, counts: dict[str, int]) -> dict[str, float]:
+        return {f'{{{label}="{key}"}}': value for key, value in sorted(counts.items())}
+
+    metric(
+        "genstream_queue_depth",
+        "gauge",
+        "Requests waiting for a runner.",
+        {"": await svc.queue.depth()},
+    )
+    metric(
+        "genstream_runner_active",
+        "gauge",
+        "Generations running in this process.",
+        {"": svc.pool.active},
+    )
+    metric(
+        "genstream_generations_total",
+        "counter",
+        "Generations ended, by terminal event.",
+        by("ending", gen.endings),
+    )
+    metric(
+        "genstream_generation_errors_total",
+        "counter",
+        "Generations that failed, by code.",
+        by("code", gen.errors_by_code),
+    )
+    lines += gen.durations_s.exposition(
+        "genstream_generation_duration_seconds", "From a runner taking a request to its end."
+    )
+    lines += gen.first_chunk_s.exposition(
+        "genstream_time_to_first_chunk_seconds", "From a runner taking a request to model text."
+    )
+    metric(
+        "genstream_log_commits_total",
+        "counter",
+        "Group-commit transactions of the log.",
+        {"": log_stats.commits},
+    )
+    metric(
+        "genstream_log_events_total",
+        "counter",
+        "Events appended to the log.",
+        {"": log_stats.events},
+    )
+    metric(
+        "genstream_log_events_by_type_total",
+        "counter",
+        "Events appended, by type.",
+        by("type", log_stats.by_type),
+    )
+    metric(
+        "genstream_log_appends_total",
+        "counter",
+        "Append calls folded into commits.",
+        {"": log_stats.appends},
+    )
+    metric(
+        "genstream_log_largest_batch",
+        "gauge",
+        "Most appends in one transaction.",
+        {"": log_stats.largest_batch},
+    )
+    lines += log_stats.batch_sizes.exposition(
+        "genstream_log_batch_size", "Appends committed per group-commit transaction."
+    )
+    metric("genstream_sse_open_streams", "gauge", "Open SSE connections.", {"": streams.open})
+    metric(
+        "genstream_sse_connections_total", "counter", "SSE connections opened.", {"": streams.total}
+    )
+    metric(
+        "genstream_sse_resumes_total",
+        "counter",
+        "SSE connections resuming (Last-Event-ID).",
+        {"": streams.resumes},
+    )
+    lines += streams.durations_s.exposition(
+        "genstream_sse_connection_duration_seconds", "How long SSE connections stayed open."
+    )
+    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

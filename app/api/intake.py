@@ -15,6 +15,7 @@ from app.api.schemas import CreatedRequest, CreateRequestBody
 from app.api.services import Services, owned
 from app.domain.events import Created, Status
 from app.domain.ids import is_request_id, uuid7
+from app.logcontext import request_id_var
 from app.store.log import (
     ActiveLimitReached,
     DuplicateRequest,
@@ -96,6 +97,7 @@ async def accept(
 ) -> Accepted:
     """Validate ``body`` and queue it; replays and busy field elements return the existing."""
     key = checked_idempotency_key(idempotency_key)
+    request_id_var.set(None)
     if key is not None and (existing := await svc.log.find_idempotent(user, key)) is not None:
         return _existing(svc, existing)
     context = validated_context(body, svc)
@@ -123,6 +125,8 @@ async def accept(
                     context=context,
                     model=model or svc.limits.model,
                     parent_request_id=parent_request_id,
+                    user_id=user,
+                    idempotency_key=key,
                 ),
                 Status(status="queued", message="waiting for a runner", queue_position=position),
             ],
@@ -160,6 +164,7 @@ async def accept(
             raise
         return _existing(svc, existing)
     svc.pool.notify()
+    request_id_var.set(new.request_id)
     return Accepted(
         request_id=new.request_id,
         status="queued",
@@ -235,6 +240,7 @@ def _depth(value: object) -> int:
 
 async def owned_request(svc: Services, request_id: str, user_id: str) -> RequestRecord:
     """The caller's request: 404 if absent or someone else's, 410 if retention purged it."""
+    request_id_var.set(request_id)
     record = owned(await svc.log.get(checked_request_id(request_id)), user_id)
     if record is not None:
         return record

@@ -12,11 +12,25 @@ from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 
 from app.api.auth import Principal, mint_token
+from app.domain.stats import Histogram
 from app.generation.pool import RunnerPool
 from app.generation.providers.base import Provider
+from app.generation.runner import GenerationStats
 from app.store.engine import Engines
 from app.store.log import EventLog, RequestRecord
 from app.store.queue import WorkQueue
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """SSE connections, for metrics."""
+
+    open: int = 0
+    total: int = 0
+    resumes: int = 0
+    durations_s: Histogram = field(
+        default_factory=lambda: Histogram([1, 5, 15, 60, 300, 900, 3600])
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,12 +56,18 @@ class Services:
     log: EventLog
     queue: WorkQueue
     pool: RunnerPool
+    generation: GenerationStats
     limits: ApiLimits
     migrations_head: str | None
     jwt_secret: str = field(default="", repr=False)
     stream_token_ttl: timedelta = timedelta(minutes=10)
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
-    open_streams: int = 0
+    streams: StreamStats = field(default_factory=lambda: StreamStats())
+
+    @property
+    def open_streams(self) -> int:
+        """SSE connections open right now."""
+        return self.streams.open
 
     def stream_link(self, request_id: str, user_id: str) -> str:
         """Where to stream a request; with auth on, it carries a token for that request only."""

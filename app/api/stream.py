@@ -181,7 +181,11 @@ async def sse_body(
     ``speed > 0`` paces the events by their commit timestamps (replay).
     """
     limits = svc.limits
-    svc.open_streams += 1
+    stats = svc.streams
+    stats.open += 1
+    stats.total += 1
+    stats.resumes += after > 0
+    opened = time.monotonic()
     try:
         yield sse.retry_frame(limits.sse_retry_ms) + lead
         with svc.log.subscribe(request_id, after) as sub:
@@ -218,7 +222,8 @@ async def sse_body(
                 if sub.finished:
                     return
     finally:
-        svc.open_streams -= 1
+        stats.open -= 1
+        stats.durations_s.observe(time.monotonic() - opened)
 
 
 async def _pause(svc: Services, seconds: float) -> bool:

@@ -36,6 +36,10 @@ class Created(Payload, frozen=True, tag="created"):
     model: str = ""
     parent_request_id: str | None = None
     """The request this one regenerates, if any."""
+    user_id: str | None = None
+    """Who asked: with it the ``requests`` row can be rebuilt from the log alone."""
+    idempotency_key: str | None = None
+    """The client's Idempotency-Key, if it sent one."""
 
 
 class Stage(Payload, frozen=True, tag="stage"):

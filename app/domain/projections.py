@@ -48,10 +48,12 @@ class RequestView(msgspec.Struct, frozen=True, kw_only=True):
     """The ``requests`` read-model row, as the events alone define it."""
 
     request_id: str
+    user_id: str | None
     mode: str
     track_id: str | None
     element_id: str | None
     parent_request_id: str | None
+    idempotency_key: str | None
     status: str
     last_seq: int
     created_at: datetime
@@ -177,6 +179,8 @@ def fold_request(events: Iterable[StoredEvent]) -> RequestView | None:
                 raise ValueError(f"{event.request_id}: first event is {event.type}, not created")
             view = RequestView(
                 request_id=event.request_id,
+                user_id=payload.user_id,
+                idempotency_key=payload.idempotency_key,
                 mode=payload.mode,
                 track_id=payload.track_id,
                 element_id=element_id_of(payload),

@@ -24,6 +24,7 @@ from app.domain.events import (
     Stage,
     Status,
     Usage,
+    event_type,
 )
 from app.domain.markers import (
     INJECTION_RE,
@@ -32,9 +33,11 @@ from app.domain.markers import (
     MarkerParser,
     ParseBudgetExceeded,
 )
+from app.domain.stats import Histogram
 from app.generation.coalesce import coalesce
 from app.generation.prompts import FIELD_TOOL
 from app.generation.providers.base import Finished, Job, Provider, ProviderError, ToolCall
+from app.logcontext import request_id_var
 from app.store.log import EventLog, StreamClosed
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,20 @@ class RunnerConfig:
     marker_limits: MarkerLimits = field(default_factory=MarkerLimits)
 
 
+@dataclass(slots=True)
+class GenerationStats:
+    """What the runners did, for metrics."""
+
+    durations_s: Histogram = field(
+        default_factory=lambda: Histogram([0.5, 1, 2, 5, 10, 30, 60, 120, 300])
+    )
+    first_chunk_s: Histogram = field(
+        default_factory=lambda: Histogram([0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10])
+    )
+    endings: dict[str, int] = field(default_factory=dict)
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+
+
 class Runner:
     """Turns a claimed request into events in the log."""
 
@@ -59,6 +76,7 @@ class Runner:
         self._log = event_log
         self._provider = provider
         self._config = config
+        self.stats = GenerationStats()
 
     async def run(self, request_id: str, *, cancel_reason: dict[str, str]) -> None:
         """Run ``request_id`` to its terminal event.
@@ -67,6 +85,7 @@ class Runner:
         ending: a user's cancel ends in ``cancelled``; anything else (shutdown) ends in
         ``error{code: interrupted}``.
         """
+        request_id_var.set(request_id)
         first = await self._log.read(request_id, 0, limit=1)
         created = first[0].payload() if first else None
         if not isinstance(created, Created):
@@ -90,6 +109,7 @@ class Runner:
         except StreamClosed:
             return  # cancelled while it waited in the queue
         started = time.monotonic()
+        log.info("generation started (mode %s)", job.mode)
         try:
             async with asyncio.timeout(self._config.timeout_s):
                 ending = await self._generate(job, created, started)
@@ -125,6 +145,16 @@ class Runner:
             ]
         with contextlib.suppress(StreamClosed):
             await self._log.append(request_id, ending)
+        self._record(ending[-1], time.monotonic() - started)
+
+    def _record(self, ending: Payload, elapsed_s: float) -> None:
+        kind = event_type(ending)
+        self.stats.durations_s.observe(elapsed_s)
+        self.stats.endings[kind] = self.stats.endings.get(kind, 0) + 1
+        if isinstance(ending, Error):
+            codes = self.stats.errors_by_code
+            codes[ending.code] = codes.get(ending.code, 0) + 1
+        log.info("generation ended: %s after %.2f s", kind, elapsed_s)
 
     async def _generate(self, job: Job, created: Created, started: float) -> list[Payload]:
         parser = MarkerParser(self._config.marker_limits) if job.mode == "generate" else None
@@ -142,6 +172,8 @@ class Runner:
             max_chars=self._config.flush_max_chars,
         ):
             tokens += flush.tokens
+            if flush.text and not text:
+                self.stats.first_chunk_s.observe(time.monotonic() - started)
             batch: list[Payload] = []
             if flush.text:
                 text.append(flush.text)

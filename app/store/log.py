@@ -36,6 +36,7 @@ from app.domain.events import (
     status_after,
     utcnow,
 )
+from app.domain.stats import Histogram
 from app.store.engine import Engines
 from app.store.hub import Committed, Hub
 from app.store.tables import events, requests
@@ -129,6 +130,10 @@ class LogStats:
     events: int = 0
     appends: int = 0
     largest_batch: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    batch_sizes: Histogram = field(
+        default_factory=lambda: Histogram([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
+    )
 
 
 @dataclass(slots=True)
@@ -328,6 +333,9 @@ class EventLog:
         self.stats.events += len(event_rows)
         self.stats.appends += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self.stats.batch_sizes.observe(len(batch))
+        for _, _, type_, _ in written:
+            self.stats.by_type[type_] = self.stats.by_type.get(type_, 0) + 1
         for n, (start, end) in enumerate(spans):
             if start != end:
                 outcomes[n] = [
@@ -351,7 +359,7 @@ class EventLog:
             query = query.limit(limit)
         async with self._engines.read.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [_stored(request_id, row, self._upcasters) for row in rows]
+        return [stored_event(request_id, row, self._upcasters) for row in rows]
 
     async def get(self, request_id: str) -> RequestRecord | None:
         """The read-model row of a request, or None."""
@@ -359,7 +367,7 @@ class EventLog:
             row = (
                 await conn.execute(select(requests).where(requests.c.request_id == request_id))
             ).first()
-        return None if row is None else _record(row)
+        return None if row is None else record_of(row)
 
     async def find_idempotent(self, user_id: str, key: str) -> RequestRecord | None:
         """The request a user created with this idempotency key, if any."""
@@ -371,7 +379,7 @@ class EventLog:
                     )
                 )
             ).first()
-        return None if row is None else _record(row)
+        return None if row is None else record_of(row)
 
     async def track_fields(self, user_id: str, track_id: str) -> list[StoredEvent]:
         """The ``created`` and ``action`` events of a user's field requests in a track."""
@@ -396,7 +404,7 @@ class EventLog:
         )
         async with self._engines.read.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [_stored(row.request_id, row, self._upcasters) for row in rows]
+        return [stored_event(row.request_id, row, self._upcasters) for row in rows]
 
     def subscribe(self, request_id: str, after: int) -> Subscription:
         """A live tail of ``request_id`` from ``seq > after``."""
@@ -557,7 +565,7 @@ async def _load_admission(
             .group_by(requests.c.user_id, requests.c.mode)
         )
         admission.recent = {
-            (str(row.user_id), str(row.mode)): (int(row.n), _aware(row.oldest)) for row in window
+            (str(row.user_id), str(row.mode)): (int(row.n), aware_utc(row.oldest)) for row in window
         }
     elements = sorted({n.element_id for n in news if n.element_id})
     if elements:
@@ -570,8 +578,9 @@ async def _load_admission(
     return admission
 
 
-def _aware(value: datetime | str) -> datetime:
-    """Aggregates skip the column type, so SQLite hands back naive UTC (or even text)."""
+def aware_utc(value: datetime | str) -> datetime:
+    """An aggregate's timestamp as aware UTC: aggregates skip the column type, so SQLite
+    hands back naive UTC text."""
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -613,7 +622,8 @@ def _settle(item: _Append, outcome: list[StoredEvent] | BaseException) -> None:
         item.done.set_result(outcome)
 
 
-def _stored(request_id: str, row: Row[Any], upcasters: UpcasterRegistry) -> StoredEvent:
+def stored_event(request_id: str, row: Row[Any], upcasters: UpcasterRegistry) -> StoredEvent:
+    """A stored event from a row of the events table, its payload upcast."""
     m = row._mapping
     return StoredEvent(
         id=m["id"],
@@ -625,7 +635,7 @@ def _stored(request_id: str, row: Row[Any], upcasters: UpcasterRegistry) -> Stor
     )
 
 
-def _record(row: Row[tuple[object, ...]]) -> RequestRecord:
+def record_of(row: Row[tuple[object, ...]]) -> RequestRecord:
     m = row._mapping
     return RequestRecord(
         request_id=m["request_id"],

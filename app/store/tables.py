@@ -65,6 +65,8 @@ events = Table(
     Column("data", Text, nullable=False),
     Column("at", UTCDateTime, nullable=False),
     UniqueConstraint("request_id", "seq"),
+    Index(None, "at"),
+    Index(None, "type", "id"),
 )
 
 requests = Table(
@@ -73,7 +75,7 @@ requests = Table(
     Column("request_id", String(36), primary_key=True),
     Column("user_id", String(128), nullable=False),
     Column("mode", String(16), nullable=False),
-    Column("track_id", String(128), nullable=True),
+    Column("track_id", String(128), nullable=True, index=True),
     Column("element_id", String(256), nullable=True),
     Column("status", String(16), nullable=False),
     Column("last_seq", Integer, nullable=False),
@@ -86,6 +88,8 @@ requests = Table(
     UniqueConstraint("user_id", "idempotency_key"),
     Index(None, "status", "created_at"),
     Index(None, "user_id", "status"),
+    Index(None, "user_id", "created_at"),
+    Index(None, "created_at"),
 )
 
 # Tombstones of requests removed by retention: reads answer 410 Gone rather than 404.

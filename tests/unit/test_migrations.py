@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -10,9 +11,19 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from app.store.engine import create_engines
+from app.store.integrity import Finding, check
 from app.store.tables import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+async def verify_log(url: str) -> list[Finding]:
+    engines = create_engines(url)
+    try:
+        return await check(engines)
+    finally:
+        await engines.dispose()
 
 
 def alembic_config(db: Path) -> Config:
@@ -73,6 +84,8 @@ def test_0002_backfills_parent_request_id_from_created_events(tmp_path: Path) ->
             )
             assert parents == {"a": None, "b": "a"}
             assert conn.exec_driver_sql("SELECT * FROM events ORDER BY id").all() == before
+        # Every invariant, and the read model against the events, hold after the upgrade.
+        assert asyncio.run(verify_log(f"sqlite+aiosqlite:///{db}")) == []
         command.downgrade(config, "0001")
         with engine.connect() as conn:
             columns = {c["name"] for c in inspect(conn).get_columns("requests")}

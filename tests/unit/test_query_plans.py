@@ -1,0 +1,64 @@
+"""The audit queries use the indexes of migration 0004 (SQLite query plans)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Select, create_engine
+from sqlalchemy.dialects import sqlite
+
+from app.store.audit import EventQuery, RequestQuery, events_select, requests_select
+
+ROOT = Path(__file__).resolve().parents[2]
+T = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> str:
+    db = tmp_path_factory.mktemp("plans") / "plans.db"
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", f"sqlite+aiosqlite:///{db}")
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+    return f"sqlite:///{db}"
+
+
+def plan(database: str, statement: Select[tuple[object, ...]]) -> str:
+    sql = statement.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
+    engine = create_engine(database)
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
+    finally:
+        engine.dispose()
+    return "\n".join(str(row[-1]) for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        (EventQuery(type="error"), "ix_events_type_id"),
+        # The UNIQUE(request_id, seq) constraint's index, as SQLite names it.
+        (EventQuery(request_id="01900000-0000-7000-8000-000000000000"), "(request_id=?)"),
+        (EventQuery(user_id="alice"), "ix_requests_user_id"),
+    ],
+)
+def test_event_filters_use_an_index(database: str, query: EventQuery, index: str) -> None:
+    assert index in plan(database, events_select(query))
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        (RequestQuery(user_id="alice"), "ix_requests_user_id"),
+        (RequestQuery(track_id="site-1"), "ix_requests_track_id"),
+        (RequestQuery(status="failed"), "ix_requests_status_created_at"),
+        (RequestQuery(since=T), "ix_requests_created_at"),
+    ],
+)
+def test_request_filters_use_an_index(database: str, query: RequestQuery, index: str) -> None:
+    assert index in plan(database, requests_select(query))
