@@ -85,6 +85,12 @@ class Settings:
     """A ``: ping`` comment is sent after this long without an event."""
     stream_idle_timeout_s: float = 60.0
     """A stream with no new event for this long is closed (the client resumes)."""
+    lease_s: float = 30.0
+    """A runner's claim on a request; a node that stops renewing it is taken as dead."""
+    lease_renew_s: float = 10.0
+    """How often a node renews its leases and ends the requests of dead nodes."""
+    poll_interval_s: float = 1.0
+    """PostgreSQL: streams also check the log this often (a lost NOTIFY costs no more)."""
     commit_batch_max: int = 1_024
     """Most appends folded into one group-commit transaction."""
     log_level: str = "info"
@@ -113,6 +119,11 @@ class Settings:
 
     def validate(self) -> None:
         """Reject values that cannot work, with the variable to fix."""
+        if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise SettingsError(
+                "GENSTREAM_DATABASE_URL must be sqlite+aiosqlite:///PATH or "
+                "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB"
+            )
         if self.provider not in {"demo", "openai"}:
             raise SettingsError(f"GENSTREAM_PROVIDER={self.provider!r}: use demo or openai")
         if self.provider == "openai" and not self.model:
@@ -134,9 +145,24 @@ class Settings:
                 "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`) to serve "
                 "other hosts with bearer tokens"
             )
-        for name in ("openai_connect_timeout_s", "openai_read_timeout_s"):
+        for name in (
+            "openai_connect_timeout_s",
+            "openai_read_timeout_s",
+            "stream_token_ttl_s",
+            "retention_interval_s",
+            "lease_s",
+            "lease_renew_s",
+            "poll_interval_s",
+            "sse_ping_interval_s",
+            "stream_idle_timeout_s",
+            "generation_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"GENSTREAM_{name.upper()} must be positive")
+        if self.lease_renew_s >= self.lease_s:
+            raise SettingsError("GENSTREAM_LEASE_RENEW_S must be shorter than GENSTREAM_LEASE_S")
+        if self.retention_s < 0:
+            raise SettingsError("GENSTREAM_RETENTION_S must not be negative (0 keeps all)")
         if self.openai_max_retries < 0 or self.openai_retry_backoff_s < 0:
             raise SettingsError(
                 "GENSTREAM_OPENAI_MAX_RETRIES and GENSTREAM_OPENAI_RETRY_BACKOFF_S "

@@ -30,6 +30,7 @@ from app.api.problems import (
 )
 from app.api.requests import RequestController
 from app.api.services import ApiLimits, Services
+from app.api.static import static_router
 from app.api.stream import StreamController
 from app.api.tracks import track_content
 from app.domain.events import utcnow
@@ -41,6 +42,7 @@ from app.generation.runner import Runner, RunnerConfig
 from app.settings import Settings
 from app.store.engine import create_engines
 from app.store.log import EventLog
+from app.store.notify import CommitListener
 from app.store.queue import WorkQueue
 from app.store.retention import purge_ended_before
 
@@ -87,8 +89,11 @@ def build_services(settings: Settings) -> Services:
         sqlite_synchronous=settings.sqlite_synchronous,
         sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
     )
-    event_log = EventLog(engines, batch_max=settings.commit_batch_max)
-    queue = WorkQueue(engines, owner=f"node-{secrets.token_hex(6)}")
+    event_log = EventLog(
+        engines, batch_max=settings.commit_batch_max, poll_s=settings.poll_interval_s
+    )
+    node = f"node-{secrets.token_hex(6)}"
+    queue = WorkQueue(engines, owner=node, lease_s=settings.lease_s)
     provider = build_provider(settings)
     runner = Runner(
         event_log,
@@ -97,10 +102,13 @@ def build_services(settings: Settings) -> Services:
             flush_interval_s=settings.flush_interval_ms / 1000.0,
             flush_max_chars=settings.flush_max_chars,
             timeout_s=settings.generation_timeout_s,
+            node=node,
             marker_limits=MarkerLimits(),
         ),
     )
-    pool = RunnerPool(runner, queue, event_log, size=settings.runners)
+    pool = RunnerPool(
+        runner, queue, event_log, size=settings.runners, lease_renew_s=settings.lease_renew_s
+    )
     return Services(
         provider=provider,
         engines=engines,
@@ -148,11 +156,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
         version = await svc.engines.schema_version()
         if svc.migrations_head is not None and version != svc.migrations_head:
             await svc.engines.dispose()
-            raise SchemaNotReady(
-                f"the database {settings.database_url} is at schema "
-                f"{version or 'none (empty)'}, this code needs {svc.migrations_head}: "
-                "run `alembic upgrade head` (scripts/serve does) before starting"
+            message = (
+                f"the database is at schema {version or 'none (empty)'}, this code needs "
+                f"{svc.migrations_head}: run `alembic upgrade head` (scripts/serve does) first"
             )
+            log.error(message)
+            raise SchemaNotReady(message)
+        listener = (
+            CommitListener(settings.database_url, svc.log.hub) if svc.engines.shared else None
+        )
+        if listener is not None:
+            await listener.start()
         await svc.log.start()
         await svc.pool.start()
         retention = (
@@ -173,6 +187,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await svc.pool.stop(grace_s=settings.shutdown_grace_s)
             await svc.provider.aclose()
             await svc.log.close()
+            if listener is not None:
+                await listener.close()
             await svc.engines.dispose()
 
     return Litestar(
@@ -181,6 +197,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             StreamController,
             track_content,
             AuditController,
+            static_router(),
             health,
             ready,
             metrics,

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from litestar import Response, get
+from typing import Any
+
+from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 
-from app.api.problems import problem_specs
+from app.api.problems import ProblemError, problem_specs
 from app.api.schemas import Health
-from app.api.services import services
+from app.api.services import principal, services
 
 
 @get("/health", tags=["operations"], summary="Liveness")
-async def health() -> Health:
-    """The process is up and serving HTTP."""
-    return Health(status="ok")
+async def health(state: State) -> Health:
+    """The process is up and serving HTTP; ``node`` names it among the nodes of one log."""
+    return Health(status="ok", node=services(state).queue.owner)
 
 
 @get(
@@ -50,10 +52,16 @@ async def ready(state: State) -> Response[Health]:
     tags=["operations"],
     summary="Prometheus metrics",
     media_type="text/plain",
-    responses=problem_specs(),
+    responses=problem_specs(403),
 )
-async def metrics(state: State) -> Response[str]:
-    """The service's counters, gauges and histograms in Prometheus text format."""
+async def metrics(request: Request[Any, Any, State], state: State) -> Response[str]:
+    """The service's counters, gauges and histograms in Prometheus text format (admins)."""
+    if not principal(request).admin:
+        raise ProblemError(
+            403,
+            "admin_only",
+            "metrics cover every user; use a token minted with --admin",
+        )
     svc = services(state)
     log_stats, gen, streams = svc.log.stats, svc.generation, svc.streams
     lines: list[str] = []

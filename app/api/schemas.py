@@ -71,3 +71,4 @@ class Health(msgspec.Struct, kw_only=True):
 
     status: str
     checks: dict[str, str] = msgspec.field(default_factory=dict)
+    node: str | None = None

@@ -47,9 +47,9 @@ class RunnerPool:
         ]
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="lease-heartbeat"))
 
-    async def recover(self) -> list[str]:
+    async def recover(self, *, at_startup: bool = True) -> list[str]:
         """End requests left ``running`` as interrupted; put unstarted claims back."""
-        interrupted = await self._queue.orphaned_running()
+        interrupted = await self._queue.orphaned_running(at_startup=at_startup)
         for request_id in interrupted:
             with contextlib.suppress(StreamClosed):
                 await self._log.append(
@@ -63,7 +63,9 @@ class RunnerPool:
                         )
                     ],
                 )
-        released = await self._queue.release_unstarted()
+        released = await self._queue.release_unstarted(at_startup=at_startup)
+        if released:
+            self.notify()
         if interrupted or released:
             log.info(
                 "recovered %d interrupted and %d unstarted requests", len(interrupted), released
@@ -145,9 +147,11 @@ class RunnerPool:
                 self._cancel_reasons.pop(request_id, None)
 
     async def _heartbeat(self) -> None:
+        """Renew this node's leases; end what dead nodes left behind once their leases expire."""
         while True:
             await asyncio.sleep(self._renew)
             try:
                 await self._queue.renew(list(self._running))
+                await self.recover(at_startup=False)
             except Exception:
                 log.exception("renewing leases failed")

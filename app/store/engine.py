@@ -1,9 +1,18 @@
 """Database engines for the log: one for writes, one for reads.
 
-Everything SQLite-specific lives here: WAL journal, ``synchronous``, busy timeout, and
-``BEGIN IMMEDIATE`` for writers (a deferred transaction that reads before it writes can
-fail with SQLITE_BUSY when another writer commits in between; IMMEDIATE takes the write
-lock up front and waits on the busy timeout instead).
+Everything backend-specific lives here.
+
+- SQLite: WAL journal, ``synchronous``, busy timeout, and ``BEGIN IMMEDIATE`` for writers
+  (a deferred transaction that reads before it writes can fail with SQLITE_BUSY when
+  another writer commits in between; IMMEDIATE takes the write lock up front and waits).
+  One process owns the file, and BEGIN IMMEDIATE already serializes its writers.
+- PostgreSQL: several processes append at once, so each group commit first takes
+  ``LOCK TABLE events IN EXCLUSIVE MODE`` (readers are not blocked). Group commits are
+  then serialized across nodes: seq assignment and admission limits see every earlier
+  commit, and the global ``events.id`` order equals the commit order, so an audit reader
+  paging by id never skips an event that a slower transaction commits later. The cost is
+  one lock per group commit, not per event. Commits also NOTIFY ``genstream_events`` so
+  every node wakes its subscribers (``store/notify.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, inspect, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+NOTIFY_CHANNEL = "genstream_events"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +38,27 @@ class Engines:
     def dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
         return self.write.dialect.name
+
+    @property
+    def shared(self) -> bool:
+        """Whether several processes may use this database at once (PostgreSQL)."""
+        return self.dialect != "sqlite"
+
+    async def serialize_appends(self, conn: AsyncConnection) -> None:
+        """Order this group commit after every other node's (see the module docstring)."""
+        if self.shared:
+            await conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
+
+    async def notify_appended(self, conn: AsyncConnection, last_seqs: dict[str, int]) -> None:
+        """Tell the other nodes which streams grew (delivered when the transaction commits)."""
+        if self.shared and last_seqs:
+            await conn.execute(
+                text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
+                {
+                    "channel": NOTIFY_CHANNEL,
+                    "payloads": [f"{rid} {seq}" for rid, seq in last_seqs.items()],
+                },
+            )
 
     async def schema_version(self) -> str | None:
         """The Alembic revision the database is at; None when it has never been migrated."""

@@ -34,15 +34,23 @@ class Committed:
 class Mailbox:
     """One subscriber's bounded buffer of committed events."""
 
-    __slots__ = ("_items", "_limit", "_wakeup", "lagged")
+    __slots__ = ("_items", "_limit", "_wakeup", "high_seq", "lagged")
 
     def __init__(self, limit: int) -> None:
         self._items: deque[Committed] = deque()
         self._limit = limit
         self._wakeup = asyncio.Event()
         self.lagged = False
+        self.high_seq = 0
+
+    def poke(self, seq: int) -> None:
+        """Another node committed up to ``seq``: if that is news, refill from the log."""
+        if seq > self.high_seq:
+            self.lagged = True
+            self._wakeup.set()
 
     def put(self, item: Committed) -> None:
+        self.high_seq = max(self.high_seq, item.event.seq)
         if len(self._items) >= self._limit:
             self._items.clear()
             self.lagged = True
@@ -104,6 +112,11 @@ class Hub:
             item = Committed(event)
             for box in boxes:
                 box.put(item)
+
+    def poke(self, request_id: str, seq: int) -> None:
+        """A commit elsewhere reached ``seq`` on ``request_id`` (a NOTIFY from PostgreSQL)."""
+        for box in self._boxes.get(request_id, ()):
+            box.poke(seq)
 
     def wake_all(self) -> None:
         """Wake every subscriber (used at shutdown)."""

@@ -157,8 +157,12 @@ class EventLog:
         hub: Hub | None = None,
         batch_max: int = 1024,
         upcasters: UpcasterRegistry = UPCASTERS,
+        poll_s: float | None = None,
     ):
         self._engines = engines
+        # With other nodes appending, a subscriber also checks the log this often, so a
+        # lost NOTIFY delays an event by at most this long.
+        self.poll_s = (poll_s or 1.0) if engines.shared else None
         self._upcasters = upcasters
         self.hub = hub or Hub()
         self._batch_max = batch_max
@@ -266,6 +270,7 @@ class EventLog:
     async def _commit(self, batch: list[_Append]) -> list[list[StoredEvent] | Exception]:
         at = utcnow()
         async with self._engines.write.begin() as conn:
+            await self._engines.serialize_appends(conn)
             state = await _load_state(conn, {i.request_id for i in batch if i.new is None})
             # Admission checks run here, inside the write transaction, so that concurrent
             # creations cannot both slip under a limit.
@@ -318,6 +323,9 @@ class EventLog:
                 for rid, s in state.items()
                 if s.touched
             ]
+            await self._engines.notify_appended(
+                conn, {rid: s.last_seq for rid, s in state.items() if s.touched}
+            )
             if touched:
                 await conn.execute(
                     update(requests)
@@ -448,8 +456,9 @@ class Subscription:
             if page:
                 return page
             self._backlog_done = True
-        if not await self._box.wait(wait_s):
-            return []
+        poll = self._log.poll_s
+        if not await self._box.wait(wait_s if poll is None else min(wait_s, poll)):
+            return [] if poll is None else await self._from_db()
         if self._box.lagged:
             self._box.lagged = False
             self._box.take()
@@ -483,6 +492,7 @@ class Subscription:
 
     def _advance(self, item: Committed) -> Committed:
         self.last_seq = item.event.seq
+        self._box.high_seq = max(self._box.high_seq, item.event.seq)
         if item.event.terminal:
             self.finished = True
         return item

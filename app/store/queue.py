@@ -33,6 +33,9 @@ class WorkQueue:
             .where(requests.c.status == "queued", requests.c.lease_owner.is_(None))
             .order_by(requests.c.created_at, requests.c.request_id)
             .limit(1)
+            # PostgreSQL: nodes claiming at once each take a different row instead of
+            # queueing on the same one (SQLite ignores this; it has one writer anyway).
+            .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
         statement = (
@@ -56,27 +59,30 @@ class WorkQueue:
                 .values(lease_expires_at=utcnow() + self._lease)
             )
 
-    async def orphaned_running(self) -> list[str]:
-        """Requests marked running that no live runner of this log holds.
+    async def orphaned_running(self, *, at_startup: bool = False) -> list[str]:
+        """Requests marked running that no live runner holds.
 
         On SQLite one process owns the file, so at startup every ``running`` request was
-        left behind by a process that died.
+        left behind by a process that died. With several nodes (PostgreSQL), a request is
+        orphaned once its lease expired: its node stopped renewing it.
         """
+        condition = requests.c.status == "running"
+        if self._engines.shared or not at_startup:
+            condition = condition & (requests.c.lease_expires_at < utcnow())
         async with self._engines.read.connect() as conn:
             rows = await conn.execute(
-                select(requests.c.request_id)
-                .where(requests.c.status == "running")
-                .order_by(requests.c.created_at)
+                select(requests.c.request_id).where(condition).order_by(requests.c.created_at)
             )
             return [r[0] for r in rows]
 
-    async def release_unstarted(self) -> int:
+    async def release_unstarted(self, *, at_startup: bool = False) -> int:
         """Put back queued requests whose lease holder never started them."""
+        condition = (requests.c.status == "queued") & requests.c.lease_owner.is_not(None)
+        if self._engines.shared or not at_startup:
+            condition = condition & (requests.c.lease_expires_at < utcnow())
         async with self._engines.write.begin() as conn:
             result = await conn.execute(
-                update(requests)
-                .where(requests.c.status == "queued", requests.c.lease_owner.is_not(None))
-                .values(lease_owner=None, lease_expires_at=None)
+                update(requests).where(condition).values(lease_owner=None, lease_expires_at=None)
             )
             return result.rowcount
 

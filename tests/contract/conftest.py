@@ -1,7 +1,7 @@
 """The store contract suite runs against every backend named here.
 
-SQLite always runs. PostgreSQL joins when GENSTREAM_TEST_POSTGRES_URL names an empty
-database (``postgresql+asyncpg://...``); the same tests then run against it unchanged.
+SQLite always runs. PostgreSQL joins when GENSTREAM_TEST_POSTGRES_URL names a server
+(``scripts/test`` starts one); every test gets a fresh database on it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from alembic.config import Config
 from app.store.engine import Engines, create_engines
 from app.store.log import EventLog
 from app.store.queue import WorkQueue
+from tests.support.postgres import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_URL = os.environ.get("GENSTREAM_TEST_POSTGRES_URL", "")
@@ -40,9 +41,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         migrate(url)
         yield url
         return
-    migrate(POSTGRES_URL)
-    yield POSTGRES_URL
-    migrate(POSTGRES_URL, "base")
+    url = create_database()
+    migrate(url)
+    yield url
+    drop_database(url)
 
 
 @pytest.fixture

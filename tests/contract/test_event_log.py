@@ -22,7 +22,8 @@ from app.store.log import (
     StreamClosed,
     UnknownRequest,
 )
-from app.store.tables import events, requests
+from app.store.queue import WorkQueue
+from app.store.tables import events
 
 pytestmark = pytest.mark.anyio
 
@@ -222,12 +223,9 @@ async def test_stored_old_payload_versions_are_upcast_on_read(engines: Engines) 
         await log.close()
 
 
-async def test_queue_claims_oldest_once(log: EventLog, engines: Engines, queue: object) -> None:
-    from app.store.queue import WorkQueue
-
-    assert isinstance(queue, WorkQueue)
-    async with engines.write.begin() as conn:
-        await conn.execute(requests.delete())
+async def test_queue_claims_oldest_once(log: EventLog, engines: Engines) -> None:
+    # Leases of zero length: every claim is immediately "expired", as a dead node's would be.
+    queue = WorkQueue(engines, owner="node-a", lease_s=0)
     first, second = await create(log), await create(log)
     claims = await asyncio.gather(queue.claim(), queue.claim(), queue.claim())
     assert sorted(c for c in claims if c) == sorted([first, second])
@@ -236,6 +234,10 @@ async def test_queue_claims_oldest_once(log: EventLog, engines: Engines, queue: 
     assert await queue.claim() == first
     await log.append(first, [ev.Status(status="running")])
     assert await queue.orphaned_running() == [first]
+    live = WorkQueue(engines, owner="node-b", lease_s=60)
+    assert await live.claim() == second
+    await log.append(second, [ev.Status(status="running")])
+    assert await live.orphaned_running() == [first], "a live lease is not orphaned"
 
 
 async def test_the_active_limit_holds_under_concurrent_creations(log: EventLog) -> None:

@@ -7,10 +7,15 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import BACKENDS
 from tests.support.invariants import assert_well_formed
 from tests.support.sse_client import read_stream
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.integration,
+    pytest.mark.parametrize("backend", BACKENDS, indirect=True),
+]
 
 UNKNOWN_ID = "01900000-0000-7000-8000-000000000000"
 

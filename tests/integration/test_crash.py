@@ -7,14 +7,23 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import BACKENDS
 from tests.support.invariants import assert_well_formed
 from tests.support.sse_client import read_stream
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+SHORT_LEASE = {"GENSTREAM_LEASE_S": "2", "GENSTREAM_LEASE_RENEW_S": "0.5"}
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.integration,
+    pytest.mark.parametrize("backend", BACKENDS, indirect=True),
+]
 
 
 async def test_sigkill_mid_generation_then_resume_on_the_same_file(service_factory: Any) -> None:
-    service = service_factory(GENSTREAM_DEMO_TOKEN_DELAY_MS="40")
+    # A short lease: on PostgreSQL the restarted node ends only requests whose lease
+    # expired (other nodes may still be running theirs).
+    service = service_factory(GENSTREAM_DEMO_TOKEN_DELAY_MS="40", **SHORT_LEASE)
     async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as client:
         created = await client.post(
             "/assistant/request", json={"prompt": "a page for a mountain guide in Chamonix"}
@@ -47,7 +56,9 @@ async def test_sigkill_mid_generation_then_resume_on_the_same_file(service_facto
 
 
 async def test_requests_queued_at_a_crash_run_after_restart(service_factory: Any) -> None:
-    service = service_factory(GENSTREAM_DEMO_TOKEN_DELAY_MS="40", GENSTREAM_RUNNERS="1")
+    service = service_factory(
+        GENSTREAM_DEMO_TOKEN_DELAY_MS="40", GENSTREAM_RUNNERS="1", **SHORT_LEASE
+    )
     async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as client:
         first = (await client.post("/assistant/request", json={"prompt": "one"})).json()
         second = (await client.post("/assistant/request", json={"prompt": "two"})).json()

@@ -13,11 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import BACKENDS
 from tests.support.invariants import assert_well_formed
 from tests.support.server import ROOT
 from tests.support.sse_client import parse_frames, read_stream
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.integration,
+    pytest.mark.parametrize("backend", BACKENDS, indirect=True),
+]
 
 
 async def generated(client: httpx.AsyncClient, prompt: str, **extra: Any) -> list[dict[str, Any]]:

@@ -39,10 +39,15 @@ class ServiceProcess:
     """``genstream serve`` in a child process; start, kill -9, restart on the same file."""
 
     def __init__(
-        self, db_path: Path, env: Mapping[str, str] | None = None, *, migrated: bool = True
+        self,
+        db_path: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        migrated: bool = True,
+        database_url: str | None = None,
     ) -> None:
         self.db_path = db_path
-        self.database_url = f"sqlite+aiosqlite:///{db_path}"
+        self.database_url = database_url or f"sqlite+aiosqlite:///{db_path}"
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.extra_env = dict(env or {})

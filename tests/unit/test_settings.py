@@ -82,3 +82,10 @@ def test_openai_needs_a_model_and_an_http_url() -> None:
 
 def test_the_demo_names_its_model() -> None:
     assert Settings.from_env({}).model == "genstream-demo-1"
+
+
+def test_database_urls_name_a_supported_driver() -> None:
+    with pytest.raises(SettingsError, match="GENSTREAM_DATABASE_URL"):
+        Settings.from_env({"GENSTREAM_DATABASE_URL": "mysql://x/y"})
+    url = "postgresql+asyncpg://u:p@127.0.0.1:5432/db"
+    assert Settings.from_env({"GENSTREAM_DATABASE_URL": url}).sqlite_path is None
