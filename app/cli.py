@@ -195,10 +195,14 @@ async def verify(settings: Settings, *, repair: bool, out: TextIO) -> int:
     finally:
         await engines.dispose()
     for finding in findings:
-        print(f"{finding.request_id}  {finding.problem}", file=out)
-    verdict = "repaired" if repair and findings else "found"
-    print(f"{len(findings)} problems {verdict}", file=out)
-    return 1 if findings and not repair else 0
+        mark = "  (repaired)" if finding.repaired else ""
+        print(f"{finding.request_id}  {finding.problem}{mark}", file=out)
+    left = sum(not f.repaired for f in findings)
+    if repair:
+        print(f"{len(findings) - left} problems repaired, {left} left", file=out)
+    else:
+        print(f"{len(findings)} problems found", file=out)
+    return 1 if left else 0
 
 
 async def export(settings: Settings, query: EventQuery, out: TextIO) -> int:

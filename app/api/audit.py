@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -79,6 +79,13 @@ class AuditStats(msgspec.Struct, kw_only=True):
     events_per_request: Distribution
 
 
+def utc(value: datetime | None) -> datetime | None:
+    """A query timestamp; one given without an offset is taken as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
 def scope_user(request: Request[Any, Any, State], user_id: str | None) -> str | None:
     """Whose history the caller may read: admins anyone's (or all), users only their own."""
     caller = current_user(request)
@@ -128,8 +135,8 @@ class AuditController(Controller):
             user_id=scope_user(request, user_id),
             request_id=request_id,
             type=event_type,
-            since=since,
-            until=until,
+            since=utc(since),
+            until=utc(until),
             after_id=after_id,
             limit=limit,
         )
@@ -171,8 +178,8 @@ class AuditController(Controller):
                 status=status,
                 mode=mode,
                 track_id=track_id,
-                since=since,
-                until=until,
+                since=utc(since),
+                until=utc(until),
                 after=after,
                 limit=limit,
             ),
@@ -209,8 +216,8 @@ class AuditController(Controller):
         facts = await stats_facts(
             services(state).engines,
             user_id=scope_user(request, user_id),
-            since=since,
-            until=until,
+            since=utc(since),
+            until=utc(until),
         )
         errors: dict[str, int] = {}
         for code in facts.error_codes:

@@ -53,6 +53,7 @@ class ProblemError(Exception):
 _MEANINGS = {
     400: "Invalid input: malformed JSON, wrong types, bad IDs or parameters",
     401: "Missing, malformed, expired or forged credentials",
+    403: "The credentials are valid but lack the admin role",
     404: "No such request (another user's request is reported the same way)",
     409: "Conflicts with the request's state",
     410: "The request's events were deleted by retention",

@@ -52,6 +52,7 @@ class RunnerConfig:
     flush_interval_s: float = 0.05
     flush_max_chars: int = 2_048
     timeout_s: float = 300.0
+    node: str = "this node"
     marker_limits: MarkerLimits = field(default_factory=MarkerLimits)
 
 
@@ -102,7 +103,7 @@ class Runner:
             await self._log.append(
                 request_id,
                 [
-                    Status(status="running", message="a runner took the request"),
+                    Status(status="running", message=f"running on {self._config.node}"),
                     Stage(stage="generating", progress=10, message="the model is writing"),
                 ],
             )

@@ -12,7 +12,7 @@ from itertools import groupby
 import msgspec
 from sqlalchemy import func, insert, select, update
 
-from app.domain.events import TERMINAL_STATUSES, UPCASTERS, StoredEvent, UpcasterRegistry
+from app.domain.events import UPCASTERS, StoredEvent, UpcasterRegistry
 from app.domain.invariants import stream_problems
 from app.domain.projections import RequestView, fold_request
 from app.store.engine import Engines
@@ -37,6 +37,8 @@ class Finding(msgspec.Struct, frozen=True, kw_only=True):
 
     request_id: str
     problem: str
+    repaired: bool = False
+    """Whether ``rebuild --repair`` fixed it (only read-model drift can be fixed)."""
 
 
 async def check(
@@ -99,10 +101,7 @@ async def _check_one(
     record: RequestRecord | None,
     repair: bool,
 ) -> list[Finding]:
-    ended = record is not None and record.status in TERMINAL_STATUSES
-    found = [
-        Finding(request_id=request_id, problem=p) for p in stream_problems(stored, ended=ended)
-    ]
+    found = [Finding(request_id=request_id, problem=p) for p in stream_problems(stored)]
     try:
         view = fold_request(stored)
     except ValueError as exc:
@@ -110,7 +109,7 @@ async def _check_one(
     if view is None:
         return found
     if record is None:
-        found.append(Finding(request_id=request_id, problem="no requests row"))
+        found.append(Finding(request_id=request_id, problem="no requests row", repaired=repair))
         if repair:
             await _insert(engines, view)
         return found
@@ -121,7 +120,7 @@ async def _check_one(
     ]
     if view.user_id is not None and record.user_id != view.user_id:
         drift.append(f"user_id: row has {record.user_id!r}, events say {view.user_id!r}")
-    found.extend(Finding(request_id=request_id, problem=d) for d in drift)
+    found.extend(Finding(request_id=request_id, problem=d, repaired=repair) for d in drift)
     if drift and repair:
         async with engines.write.begin() as conn:
             await conn.execute(

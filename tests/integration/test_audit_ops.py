@@ -82,6 +82,10 @@ async def test_users_audit_their_own_history_admins_everyones(populated: Any) ->
         params={"user_id": "bob", "type": "created"},
     )
     assert [e["request_id"] for e in only_bob.json()["events"]] == ids["bob"]
+    naive = await client.get(
+        "/audit/events", headers=auth("alice"), params={"since": "2000-01-01T00:00:00"}
+    )
+    assert naive.status_code == 200 and naive.json()["events"], "no offset means UTC"
     bad = await client.get("/audit/events", headers=auth("alice"), params={"type": "nope"})
     assert bad.status_code == 400 and bad.json()["code"] == "unknown_event_type"
 
@@ -131,7 +135,7 @@ async def test_request_audit_and_stats(populated: Any) -> None:
 
 async def test_metrics_and_logs(populated: Any) -> None:
     service, client, ids = populated
-    text = (await client.get("/metrics", headers=auth("root"))).text
+    text = (await client.get("/metrics", headers=auth("root", admin=True))).text
     for needle in [
         'genstream_generations_total{ending="complete"} 3',
         'genstream_log_events_by_type_total{type="created"} 4',
@@ -150,7 +154,7 @@ async def test_metrics_and_logs(populated: Any) -> None:
 async def test_cli_verify_rebuild_export_and_audit(populated: Any) -> None:
     service, client, ids = populated
     healthy = await cli(service, "verify")
-    assert healthy.returncode == 0 and "0 problems" in healthy.stdout
+    assert healthy.returncode == 0 and "0 problems found" in healthy.stdout
     exported = await cli(service, "export", "--user", "alice")
     lines = [json.loads(line) for line in exported.stdout.splitlines()]
     api = (await client.get("/audit/events", headers=auth("alice"))).json()["events"]
@@ -170,7 +174,11 @@ async def test_cli_verify_rebuild_export_and_audit(populated: Any) -> None:
     assert f"{ids['alice'][0]}  status: row has 'running'" in broken.stdout
     assert f"{ids['bob'][0]}  seq is not dense" in broken.stdout
     repaired = await cli(service, "rebuild", "--repair")
-    assert repaired.returncode == 0
+    assert repaired.returncode == 1, "a gap in the log cannot be repaired: still an error"
+    assert f"{ids['alice'][0]}  status: row has 'running', events say 'completed'  (repaired)" in (
+        repaired.stdout
+    )
+    assert "problems repaired, 1 left" in repaired.stdout
     after = await cli(service, "verify")
     assert ids["alice"][0] not in after.stdout, "the read model was rebuilt from the events"
     assert ids["bob"][0] in after.stdout, "a gap in the log cannot be repaired, only reported"

@@ -77,7 +77,19 @@ async def test_credentials_are_required_and_checked(service: ServiceProcess) -> 
         assert "expired" in expired_reply.json()["detail"]
         for public in ["/health", "/ready", "/schema/openapi.json"]:
             assert (await client.get(public)).status_code == 200
-        assert (await client.get("/metrics", headers=bearer("alice"))).status_code == 200
+        forbidden = await client.get("/metrics", headers=bearer("alice"))
+        assert forbidden.status_code == 403 and forbidden.json()["code"] == "admin_only"
+        assert (await client.get("/metrics", headers=bearer("root", admin=True))).status_code == 200
+        # Other issuers' tokens: no iat, and a clock a little ahead of ours, are fine.
+        skewed = jwt.encode(
+            {"sub": "alice", "exp": now + timedelta(minutes=5), "nbf": now + timedelta(seconds=10)},
+            SECRET,
+            "HS256",
+        )
+        ok = await client.get(
+            f"/assistant/requests/{UNKNOWN}", headers={"Authorization": f"Bearer {skewed}"}
+        )
+        assert ok.status_code == 404
 
 
 async def test_another_users_request_does_not_exist_for_you(service: ServiceProcess) -> None:
@@ -142,7 +154,7 @@ async def test_stream_tokens_open_one_stream_only(service: ServiceProcess) -> No
                 "sub": "alice",
                 "scope": "stream",
                 "rid": first["request_id"],
-                "exp": datetime.now(UTC) - timedelta(seconds=5),
+                "exp": datetime.now(UTC) - timedelta(minutes=5),
             },
             SECRET,
             "HS256",

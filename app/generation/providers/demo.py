@@ -219,10 +219,12 @@ def _chat(subject: str, fill: dict[str, str], rng: random.Random) -> str:
 def _field_value(context: dict[str, Any], subject: str, fill: dict[str, str]) -> str:
     field = str(context.get("field", "text")).lower()
     business = str(context.get("business_description", "")).strip() or subject
-    if "title" in field or "headline" in field or "heading" in field:
+    if field in ("title", "headline", "heading", "name"):
         return f"{business.split('.')[0].strip().capitalize()}: {fill['tagline']}"
     if "button" in field or "cta" in field:
         return "Get started today"
+    if "subtitle" in field or "tagline" in field:
+        return fill["Tagline"]
     return (
         f"{fill['Tagline']} We bring {fill['w1']} and {fill['w2']} to everything we do "
         f"for {business}."
