@@ -36,6 +36,11 @@ from app.store.log import (
     StreamClosed,
 )
 
+IdempotencyKey = Annotated[
+    str | None,
+    Parameter(header="Idempotency-Key", description="Replays return the same request"),
+]
+
 
 class RequestController(Controller):
     """``/assistant``: the request lifecycle."""
@@ -60,10 +65,7 @@ class RequestController(Controller):
         request: Request[Any, Any, State],
         state: State,
         data: CreateRequestBody,
-        idempotency_key: Annotated[
-            str | None,
-            Parameter(header="Idempotency-Key", description="Replays return the same request"),
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[CreatedRequest]:
         """Accept a request into the durable queue; 200 with the same body on a replay."""
         accepted = await accept(
@@ -107,10 +109,7 @@ class RequestController(Controller):
         request: Request[Any, Any, State],
         state: State,
         data: CreateRequestBody,
-        idempotency_key: Annotated[
-            str | None,
-            Parameter(header="Idempotency-Key", description="Replays return the same request"),
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[Any]:
         """Create a request and follow it in the same response."""
         svc = services(state)
@@ -144,10 +143,7 @@ class RequestController(Controller):
         state: State,
         request_id: str,
         data: RegenerateBody | None = None,
-        idempotency_key: Annotated[
-            str | None,
-            Parameter(header="Idempotency-Key", description="Replays return the same request"),
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[CreatedRequest]:
         """A new request with the original's inputs (prompt and model may be overridden)."""
         svc = services(state)
