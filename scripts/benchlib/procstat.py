@@ -1,0 +1,86 @@
+"""CPU time and memory of processes, and busy time of the machine, from /proc (Linux)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class CpuTimes(NamedTuple):
+    """CPU seconds a process has used: in user space and in the kernel."""
+
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+
+def parse_cpu_times(stat: str) -> CpuTimes:
+    """User and system CPU seconds from the text of ``/proc/<pid>/stat``."""
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return CpuTimes(utime / CLOCK_TICKS, stime / CLOCK_TICKS)
+
+
+def parse_rss_kib(status: str) -> int:
+    """Resident set size (``VmRSS``) in KiB from the text of ``/proc/<pid>/status``."""
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError("no VmRSS line (is the process a zombie?)")
+
+
+class MachineTimes(NamedTuple):
+    """Jiffies of all CPUs since boot: busy, total, and interrupt handling (irq + softirq)."""
+
+    busy: int
+    total: int
+    interrupts: int = 0
+
+
+def parse_machine_times(stat: str) -> MachineTimes:
+    """Busy and total jiffies from the ``cpu`` line of ``/proc/stat``."""
+    for line in stat.splitlines():
+        if line.startswith("cpu "):
+            values = [int(v) for v in line.split()[1:9]]
+            idle = values[3] + values[4]  # idle + iowait
+            return MachineTimes(sum(values) - idle, sum(values), values[5] + values[6])
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def cpu_times(pid: int) -> CpuTimes:
+    """CPU seconds used so far by ``pid`` (all its threads)."""
+    return parse_cpu_times(Path(f"/proc/{pid}/stat").read_text())
+
+
+def thread_cpu_times(pid: int, tid: int) -> CpuTimes:
+    """CPU seconds used so far by one thread of ``pid`` (the main thread: ``tid == pid``)."""
+    return parse_cpu_times(Path(f"/proc/{pid}/task/{tid}/stat").read_text())
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` now, in KiB."""
+    return parse_rss_kib(Path(f"/proc/{pid}/status").read_text())
+
+
+def machine_times() -> MachineTimes:
+    """Busy and total jiffies of the machine so far."""
+    return parse_machine_times(Path("/proc/stat").read_text())
+
+
+def busy_fraction(before: MachineTimes, after: MachineTimes) -> float:
+    """Share of all CPUs' time spent busy between two readings (0..1)."""
+    total = after.total - before.total
+    return (after.busy - before.busy) / total if total > 0 else float("nan")
+
+
+def interrupt_fraction(before: MachineTimes, after: MachineTimes) -> float:
+    """Share of all CPUs' time spent in irq and softirq handlers (loopback TCP runs there)."""
+    total = after.total - before.total
+    return (after.interrupts - before.interrupts) / total if total > 0 else float("nan")

@@ -1,0 +1,406 @@
+"""One target (service or relay) at one load level, end to end.
+
+Start the process, calibrate (or warm up), read idle memory, offer the load while
+sampling the process from /proc, then verify every request against the server's own
+list of its events, and stop the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from scripts.benchlib import procstat, template
+from scripts.benchlib.hotspots import Profile, parse_raw
+from scripts.benchlib.httpclient import Connection
+from scripts.benchlib.load import (
+    NETWORK_ERRORS,
+    PROMPTS,
+    LoadPlan,
+    Recorder,
+    calibrate,
+    loop_lag,
+    run_load,
+)
+from scripts.benchlib.processes import (
+    HOST,
+    PROFILE_HZ,
+    Child,
+    get_json_bytes,
+    start_profiler,
+    start_relay,
+    start_service,
+    wait_ready,
+)
+from scripts.benchlib.stats import Summary, rate, summarize
+from scripts.benchlib.verify import VerifySummary, check_stream, summarize_checks
+
+RSS_PERIOD_S = 0.5
+QUIET_CORES = 0.25
+"""Other processes may use this much CPU and the machine still counts as quiet."""
+VERIFY_CONCURRENCY = 16
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Level:
+    """One load level of a run."""
+
+    streams: int
+    pace_ms: float
+    duration_s: float
+    warmup_s: float
+    drain_s: float
+    disconnect_fraction: float
+    mode: str
+    seed: int
+    runners: int = 0
+    """GENSTREAM_RUNNERS; 0: one per stream."""
+    quiet_wait_s: float = 0.0
+    """Wait up to this long for other processes to go quiet before offering the load."""
+    profile: bool = False
+
+
+@dataclass(slots=True, kw_only=True)
+class TargetResult:
+    """What one target did at one level."""
+
+    target: str
+    streams: int
+    pace_ms: float
+    runners: int = 0
+    warmup_s: float = 0.0
+    window_s: float
+    offered_per_stream: float
+    events_per_generation: float
+    events_per_s: float = math.nan
+    latency: Summary | None = None
+    first_event: Summary | None = None
+    first_output: Summary | None = None
+    post: Summary | None = None
+    post_statuses: dict[int, int] = field(default_factory=dict)
+    resume: Summary | None = None
+    resumes: int = 0
+    resumes_nothing_missed: int = 0
+    generations: int = 0
+    rss_idle_kib: float = math.nan
+    rss_load_kib: float = math.nan
+    rss_peak_kib: float = math.nan
+    idle_cpu: float = math.nan
+    """Server CPU (cores) after the warm-up, before the load."""
+    server_cpu: float = math.nan
+    server_sys: float = math.nan
+    """Of ``server_cpu``, the part spent in the kernel (cores)."""
+    server_loop: float = math.nan
+    """Of ``server_cpu``, the main thread's (the event loop's; the rest is SQLite threads)."""
+    client_cpu: float = math.nan
+    machine_busy: float = math.nan
+    interrupts: float = math.nan
+    """Share of the machine's CPU time in irq/softirq handlers (0..1)."""
+    background_cpu: float = math.nan
+    """Cores other processes used just before the load (the wait for quiet ended there)."""
+    client_lag: Summary | None = None
+    events_per_commit: float = math.nan
+    verify: VerifySummary = field(default_factory=VerifySummary)
+    unfinished_slots: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    profile: Profile | None = None
+
+    @property
+    def other_cpu(self) -> float:
+        """Cores busy with neither server, load generator nor interrupts: other processes."""
+        cores = os.cpu_count() or 1
+        busy = (self.machine_busy - self.interrupts) * cores
+        return busy - self.server_cpu - self.client_cpu
+
+    @property
+    def kib_per_stream(self) -> float:
+        """Server memory per open stream: (RSS under load - idle RSS) / streams."""
+        return (self.rss_load_kib - self.rss_idle_kib) / self.streams
+
+
+@dataclass(slots=True)
+class _Samples:
+    rss: list[int] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)
+    server_cpu: float = math.nan
+    server_sys: float = math.nan
+    server_loop: float = math.nan
+    client_cpu: float = math.nan
+    machine_busy: float = math.nan
+    interrupts: float = math.nan
+    events_per_commit: float = math.nan
+
+
+async def _metrics(port: int) -> dict[str, float]:
+    try:
+        status, body = await get_json_bytes(port, "/metrics")
+    except NETWORK_ERRORS:
+        return {}
+    if status != 200:
+        return {}
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#"):
+            out[name] = float(value)
+    return out
+
+
+async def _sleep_until(t: float) -> None:
+    await asyncio.sleep(max(0.0, t - time.time()))
+
+
+async def _monitor(pid: int, port: int, start: float, end: float, out: _Samples) -> None:
+    """CPU of server, client and machine over the window; RSS sampled through it."""
+    await _sleep_until(start)
+    me = os.getpid()
+    server0, client0 = procstat.cpu_times(pid), procstat.cpu_times(me)
+    loop0 = procstat.thread_cpu_times(pid, pid)
+    machine0 = procstat.machine_times()
+    metrics0 = await _metrics(port)
+    lag = asyncio.create_task(loop_lag(end, out.lags))
+    while time.time() < end:
+        out.rss.append(procstat.rss_kib(pid))
+        await asyncio.sleep(min(RSS_PERIOD_S, max(0.0, end - time.time())))
+    span = time.time() - start
+    server1 = procstat.cpu_times(pid)
+    out.server_cpu = (server1.total - server0.total) / span
+    out.server_sys = (server1.system - server0.system) / span
+    out.server_loop = (procstat.thread_cpu_times(pid, pid).total - loop0.total) / span
+    out.client_cpu = (procstat.cpu_times(me).total - client0.total) / span
+    machine1 = procstat.machine_times()
+    out.machine_busy = procstat.busy_fraction(machine0, machine1)
+    out.interrupts = procstat.interrupt_fraction(machine0, machine1)
+    metrics1 = await _metrics(port)
+    commits = metrics1.get("genstream_log_commits_total", 0) - metrics0.get(
+        "genstream_log_commits_total", 0
+    )
+    events = metrics1.get("genstream_log_events_total", 0) - metrics0.get(
+        "genstream_log_events_total", 0
+    )
+    out.events_per_commit = events / commits if commits else math.nan
+    await lag
+
+
+class _EventHead(msgspec.Struct):
+    seq: int
+    type: str
+
+
+class _EventPage(msgspec.Struct):
+    events: list[_EventHead]
+    terminal: bool = False
+
+
+async def verify(
+    port: int, received: dict[str, list[tuple[int, str]]], wait_s: float
+) -> VerifySummary:
+    """Fetch every request's events from the server and check what the client received."""
+    decoder = msgspec.json.Decoder(_EventPage)
+    pending = list(received)
+    checks = []
+    deadline = time.monotonic() + wait_s
+
+    async def fetch(conn: Connection, request_id: str) -> list[tuple[int, str]]:
+        stored: list[tuple[int, str]] = []
+        while True:
+            # Requests cut short by the drain deadline may still be running: wait for them.
+            path = f"/assistant/requests/{request_id}/events?after={len(stored)}&limit=1000"
+            head, body = await conn.request("GET", path)
+            if head.status != 200:
+                raise RuntimeError(f"GET {path}: {head.status} {body[:200]!r}")
+            page = decoder.decode(body)
+            stored += [(e.seq, e.type) for e in page.events]
+            if page.terminal or (not page.events and time.monotonic() > deadline):
+                return stored
+            if not page.events:
+                await asyncio.sleep(0.5)
+
+    async def worker() -> None:
+        conn = await Connection.open(HOST, port)
+        try:
+            while pending:
+                request_id = pending.pop()
+                stored = await fetch(conn, request_id)
+                checks.append(check_stream(request_id, received[request_id], stored))
+        finally:
+            conn.abort()
+
+    await asyncio.gather(*(worker() for _ in range(VERIFY_CONCURRENCY)))
+    return summarize_checks(checks, events=sum(len(r) for r in received.values()))
+
+
+def _fill(result: TargetResult, rec: Recorder, samples: _Samples, rss_idle: float) -> None:
+    result.events_per_s = rate(rec.events, result.window_s)
+    result.latency = summarize(rec.latencies_ms)
+    result.first_event = summarize(rec.first_event_ms)
+    result.first_output = summarize(rec.first_output_ms)
+    result.post = summarize(rec.post_ms)
+    result.post_statuses = dict(sorted(rec.post_statuses.items()))
+    result.resume = summarize(rec.resume_ms)
+    result.resumes = rec.resumes
+    result.resumes_nothing_missed = rec.resumes_nothing_missed
+    result.generations = rec.generations
+    result.rss_idle_kib = rss_idle
+    result.rss_load_kib = statistics.median(samples.rss) if samples.rss else math.nan
+    result.rss_peak_kib = max(samples.rss, default=math.nan)
+    result.server_cpu = samples.server_cpu
+    result.server_sys = samples.server_sys
+    result.server_loop = samples.server_loop
+    result.client_cpu = samples.client_cpu
+    result.machine_busy = samples.machine_busy
+    result.interrupts = samples.interrupts
+    result.client_lag = summarize(samples.lags)
+    result.events_per_commit = samples.events_per_commit
+    result.errors = dict(rec.errors.most_common())
+
+
+async def _idle(pid: int, seconds: float = 2.0) -> tuple[float, float]:
+    """Median RSS (KiB) and CPU (cores) of an idle process over ``seconds``."""
+    values = []
+    before, started = procstat.cpu_times(pid), time.monotonic()
+    for _ in range(4):
+        await asyncio.sleep(seconds / 4)
+        values.append(procstat.rss_kib(pid))
+    cores = (procstat.cpu_times(pid).total - before.total) / (time.monotonic() - started)
+    return float(statistics.median(values)), cores
+
+
+async def background_cores(pid: int, seconds: float = 3.0) -> float:
+    """Cores used over ``seconds`` by processes other than ``pid`` and this one."""
+    me = os.getpid()
+    m0, s0, c0 = procstat.machine_times(), procstat.cpu_times(pid), procstat.cpu_times(me)
+    started = time.monotonic()
+    await asyncio.sleep(seconds)
+    m1, s1, c1 = procstat.machine_times(), procstat.cpu_times(pid), procstat.cpu_times(me)
+    span = time.monotonic() - started
+    cores = os.cpu_count() or 1
+    busy = (procstat.busy_fraction(m0, m1) - procstat.interrupt_fraction(m0, m1)) * cores
+    return busy - (s1.total - s0.total) / span - (c1.total - c0.total) / span
+
+
+async def wait_for_quiet(pid: int, max_wait_s: float, log: Callable[[str], None]) -> float:
+    """Wait (at most ``max_wait_s``) until other processes leave the cores alone."""
+    deadline = time.monotonic() + max_wait_s
+    busy = await background_cores(pid)
+    if busy > QUIET_CORES and max_wait_s > 0:
+        log(f"    other processes use {busy:.2f} cores: waiting up to {max_wait_s:g} s")
+        while busy > QUIET_CORES and time.monotonic() < deadline:
+            busy = await background_cores(pid)
+    return busy
+
+
+def _stop(child: Child, log: Callable[[str], None]) -> None:
+    code = child.stop()
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: -15 is a clean exit.
+    if code not in (0, None, -signal.SIGTERM):
+        log(f"    ({child.name} exited with code {code}; log: {child.log_path})")
+
+
+async def record_scripts(
+    level: Level, workdir: Path, scripts_path: Path, log: Callable[[str], None] = print
+) -> dict[str, list[template.Batch]]:
+    """What the demo offers at this pace, unloaded: one generation per prompt on a service
+    with a runner per prompt; written to ``scripts_path`` for the relay to replay."""
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    child, port = start_service(workdir, level.pace_ms, len(PROMPTS), len(PROMPTS))
+    try:
+        await wait_ready(child, port)
+        traces = await calibrate(HOST, port, level.mode)
+    finally:
+        _stop(child, log)
+    scripts = {prompt: template.batches(trace) for prompt, trace in traces.items()}
+    await asyncio.to_thread(scripts_path.write_bytes, template.encode_scripts(scripts))
+    return scripts
+
+
+async def run_target(
+    target: str,
+    level: Level,
+    workdir: Path,
+    scripts: dict[str, list[template.Batch]],
+    scripts_path: Path,
+    log: Callable[[str], None] = print,
+) -> TargetResult:
+    """Run ``level`` against ``target`` (``service`` or ``relay``)."""
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+    child: Child
+    if target == "service":
+        child, port = start_service(
+            workdir, level.pace_ms, level.streams, level.runners or level.streams
+        )
+    else:
+        child, port = start_relay(workdir, scripts_path)
+    profiler: Child | None = None
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await wait_ready(child, port)
+        await calibrate(HOST, port, level.mode)  # warm-up: lazy imports, statement caches
+        rss_idle, cpu_idle = await _idle(child.pid)
+        per_stream = statistics.mean(template.events_per_second(s) for s in scripts.values())
+        per_generation = statistics.mean(template.event_count(s) for s in scripts.values())
+        span = max(script[-1][0] for script in scripts.values())
+        plan = LoadPlan(
+            host=HOST,
+            port=port,
+            streams=level.streams,
+            mode=level.mode,
+            warmup_s=level.warmup_s,
+            duration_s=level.duration_s,
+            drain_s=max(level.drain_s, 2 * span + 2),
+            disconnect_fraction=level.disconnect_fraction,
+            seed=level.seed,
+        )
+        result = TargetResult(
+            target=target,
+            streams=level.streams,
+            pace_ms=level.pace_ms,
+            runners=(level.runners or level.streams) if target == "service" else 0,
+            warmup_s=level.warmup_s,
+            window_s=level.duration_s,
+            offered_per_stream=per_stream,
+            events_per_generation=per_generation,
+            idle_cpu=cpu_idle,
+        )
+        result.background_cpu = await wait_for_quiet(child.pid, level.quiet_wait_s, log)
+        started = time.time() + 0.2
+        window_start = started + level.warmup_s
+        samples = _Samples()
+        monitor: asyncio.Task[None] = asyncio.create_task(
+            _monitor(child.pid, port, window_start, window_start + level.duration_s, samples)
+        )
+        load = asyncio.create_task(run_load(plan, started))
+        tasks += [monitor, load]
+        profile_out = workdir / "py-spy.txt"
+        if level.profile and target == "service":
+            await _sleep_until(window_start)
+            profiler = start_profiler(child.pid, level.duration_s, profile_out)
+        rec, result.unfinished_slots = await load
+        await monitor
+        _fill(result, rec, samples, rss_idle)
+        if profiler is not None:
+            await asyncio.to_thread(profiler.popen.wait, 60)
+            if profile_out.exists():
+                result.profile = parse_raw(profile_out.read_text().splitlines())
+                result.profile.expected = round(PROFILE_HZ * level.duration_s)
+        if not child.running():
+            raise RuntimeError(f"{target} died during the run:\n{child.tail()}")
+        result.verify = await verify(port, rec.received, wait_s=2 * span + 10)
+        return result
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if profiler is not None:
+            profiler.stop()
+        _stop(child, log)
