@@ -159,6 +159,10 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"GENSTREAM_{name.upper()} must be positive")
+        if self.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
+            raise SettingsError(
+                "GENSTREAM_LOG_LEVEL must be debug, info, warning, error or critical"
+            )
         if self.lease_renew_s >= self.lease_s:
             raise SettingsError("GENSTREAM_LEASE_RENEW_S must be shorter than GENSTREAM_LEASE_S")
         if self.retention_s < 0:

@@ -43,7 +43,8 @@ async def ready(state: State) -> Response[Health]:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     ok = all(v == "ok" for v in checks.values()) and len(checks) == 2
     return Response(
-        Health(status="ok" if ok else "unavailable", checks=checks), status_code=200 if ok else 503
+        Health(status="ok" if ok else "unavailable", checks=checks, node=svc.queue.owner),
+        status_code=200 if ok else 503,
     )
 
 

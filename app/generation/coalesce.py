@@ -59,8 +59,10 @@ async def coalesce(
         while True:
             await ready.wait()
             if not urgent.is_set():
+                # asyncio.timeout, not wait_for: no extra task per flush.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(urgent.wait(), interval_s)
+                    async with asyncio.timeout(interval_s):
+                        await urgent.wait()
             flush = Flush("".join(texts), tokens, list(others))
             texts.clear()
             others.clear()

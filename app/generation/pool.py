@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 from app.domain.events import Error
@@ -30,22 +31,22 @@ class RunnerPool:
         self._runner = runner
         self._queue = queue
         self._log = event_log
-        self._size = size
         self._poll = poll_interval_s
         self._renew = lease_renew_s
         self._work = asyncio.Event()
+        self._slots = asyncio.Semaphore(size)
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._cancel_reasons: dict[str, str] = {}
 
     async def start(self) -> None:
-        """Recover what a dead process left behind, then start the workers."""
+        """Recover what a dead process left behind, then start claiming work."""
         await self.recover()
         self._tasks = [
-            asyncio.create_task(self._worker(), name=f"runner-{n}") for n in range(self._size)
+            asyncio.create_task(self._dispatch(), name="dispatcher"),
+            asyncio.create_task(self._heartbeat(), name="lease-heartbeat"),
         ]
-        self._tasks.append(asyncio.create_task(self._heartbeat(), name="lease-heartbeat"))
 
     async def recover(self, *, at_startup: bool = True) -> list[str]:
         """End requests left ``running`` as interrupted; put unstarted claims back."""
@@ -119,32 +120,38 @@ class RunnerPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    async def _worker(self) -> None:
+    async def _dispatch(self) -> None:
+        """One claimer for the whole pool: it claims only when a slot is free, so an idle
+        pool costs one claim per poll interval, not one per slot."""
         while not self._stopping:
+            await self._slots.acquire()
             self._work.clear()
             try:
                 request_id = await self._queue.claim()
             except Exception:
                 log.exception("claiming queued work failed; retrying")
                 request_id = None
-            if self.stopping:
-                break  # a claim made while stopping is released at the next start
-            if request_id is None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll):
-                        await self._work.wait()
+            if request_id is None or self.stopping:
+                # (a claim made while stopping is released at the next start)
+                self._slots.release()
+                if request_id is None and not self.stopping:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._poll):
+                            await self._work.wait()
                 continue
             task = asyncio.create_task(
                 self._runner.run(request_id, cancel_reason=self._cancel_reasons),
                 name=f"run-{request_id}",
             )
             self._running[request_id] = task
-            try:
-                # wait() rather than await: cancelling the run must not cancel the worker.
-                await asyncio.wait({task})
-            finally:
-                self._running.pop(request_id, None)
-                self._cancel_reasons.pop(request_id, None)
+            # A done callback, not a finally: it also runs for a task cancelled before it
+            # ever started.
+            task.add_done_callback(functools.partial(self._finished, request_id))
+
+    def _finished(self, request_id: str, _task: asyncio.Task[None]) -> None:
+        self._running.pop(request_id, None)
+        self._cancel_reasons.pop(request_id, None)
+        self._slots.release()
 
     async def _heartbeat(self) -> None:
         """Renew this node's leases; end what dead nodes left behind once their leases expire."""

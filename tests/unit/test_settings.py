@@ -89,3 +89,8 @@ def test_database_urls_name_a_supported_driver() -> None:
         Settings.from_env({"GENSTREAM_DATABASE_URL": "mysql://x/y"})
     url = "postgresql+asyncpg://u:p@127.0.0.1:5432/db"
     assert Settings.from_env({"GENSTREAM_DATABASE_URL": url}).sqlite_path is None
+
+
+def test_an_unknown_log_level_names_the_variable() -> None:
+    with pytest.raises(SettingsError, match="GENSTREAM_LOG_LEVEL"):
+        Settings.from_env({"GENSTREAM_LOG_LEVEL": "loud"})
