@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic import command
@@ -11,11 +12,14 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from app.domain.events import StoredEvent
+from app.domain.invariants import stream_problems
 from app.store.engine import create_engines
 from app.store.integrity import Finding, check
 from app.store.tables import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
+T = datetime(2026, 11, 21, tzinfo=UTC)
 
 
 async def verify_log(url: str) -> list[Finding]:
@@ -91,5 +95,18 @@ def test_0002_backfills_parent_request_id_from_created_events(tmp_path: Path) ->
             columns = {c["name"] for c in inspect(conn).get_columns("requests")}
             assert "parent_request_id" not in columns
             assert conn.exec_driver_sql("SELECT * FROM events ORDER BY id").all() == before
+            # The log's invariants still hold at the old schema (checked on the raw rows).
+            rows = conn.exec_driver_sql(
+                "SELECT id, request_id, seq, type, data FROM events ORDER BY request_id, seq"
+            ).all()
+        for rid in ("a", "b"):
+            stored = [
+                StoredEvent(
+                    id=r.id, request_id=rid, seq=r.seq, type=r.type, at=T, data=r.data.encode()
+                )
+                for r in rows
+                if r.request_id == rid
+            ]
+            assert stream_problems(stored) == []
     finally:
         engine.dispose()
