@@ -169,39 +169,17 @@ class AuditController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=1_000)] = 100,
     ) -> AuditRequests:
         """The ``requests`` read model, filtered, oldest first."""
-        if mode is not None and mode not in MODES:
-            raise ProblemError(400, "unknown_mode", f"mode must be one of: {', '.join(MODES)}")
-        records = await audit_requests(
-            services(state).engines,
-            RequestQuery(
-                user_id=scope_user(request, user_id),
-                status=status,
-                mode=mode,
-                track_id=track_id,
-                since=utc(since),
-                until=utc(until),
-                after=after,
-                limit=limit,
-            ),
+        query = RequestQuery(
+            user_id=scope_user(request, user_id),
+            status=status,
+            mode=mode,
+            track_id=track_id,
+            since=utc(since),
+            until=utc(until),
+            after=after,
+            limit=limit,
         )
-        return AuditRequests(
-            requests=[
-                AuditedRequest(
-                    request_id=r.request_id,
-                    user_id=r.user_id,
-                    mode=r.mode,
-                    status=r.status,
-                    track_id=r.track_id,
-                    element_id=r.element_id,
-                    parent_request_id=r.parent_request_id,
-                    last_seq=r.last_seq,
-                    created_at=r.created_at,
-                    updated_at=r.updated_at,
-                )
-                for r in records
-            ],
-            next_after=records[-1].request_id if len(records) == limit else None,
-        )
+        return await list_requests(services(state), query)
 
     @get("/stats", summary="Counts, durations, time to first chunk, tokens, events")
     async def stats(
@@ -237,3 +215,28 @@ class AuditController(Controller):
 async def _ndjson(svc: Services, query: EventQuery) -> AsyncIterator[bytes]:
     async for item in all_events(svc.engines, query):
         yield msgspec.json.encode(audited(item)) + b"\n"
+
+
+async def list_requests(svc: Services, query: RequestQuery) -> AuditRequests:
+    """One page of the read model for ``query`` (shared with ``GET /assistant/requests``)."""
+    if query.mode is not None and query.mode not in MODES:
+        raise ProblemError(400, "unknown_mode", f"mode must be one of: {', '.join(MODES)}")
+    records = await audit_requests(svc.engines, query)
+    return AuditRequests(
+        requests=[
+            AuditedRequest(
+                request_id=r.request_id,
+                user_id=r.user_id,
+                mode=r.mode,
+                status=r.status,
+                track_id=r.track_id,
+                element_id=r.element_id,
+                parent_request_id=r.parent_request_id,
+                last_seq=r.last_seq,
+                created_at=r.created_at,
+                updated_at=r.updated_at,
+            )
+            for r in records
+        ],
+        next_after=records[-1].request_id if len(records) == query.limit else None,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -12,6 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from app.api.audit import AuditRequests, StatusName, list_requests, utc
 from app.api.intake import accept, owned_request
 from app.api.problems import ProblemError, problem_specs
 from app.api.schemas import (
@@ -31,6 +33,7 @@ from app.domain.events import (
     envelope_json,
 )
 from app.domain.projections import PageView, fold_page
+from app.store.audit import RequestQuery
 from app.store.log import (
     RequestRecord,
     StreamClosed,
@@ -72,6 +75,36 @@ class RequestController(Controller):
             services(state), current_user(request), data, idempotency_key=idempotency_key
         )
         return accepted.response()
+
+    @get(
+        "/requests",
+        summary="The caller's requests, filtered, oldest first",
+        responses=problem_specs(400),
+    )
+    async def list_mine(
+        self,
+        request: Request[Any, Any, State],
+        state: State,
+        status: StatusName | None = None,
+        mode: str | None = None,
+        track_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after: Annotated[str | None, Parameter(description="next_after of the last page")] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1_000)] = 100,
+    ) -> AuditRequests:
+        """Pages of the caller's own requests (another user's never appear)."""
+        query = RequestQuery(
+            user_id=current_user(request),
+            status=status,
+            mode=mode,
+            track_id=track_id,
+            since=utc(since),
+            until=utc(until),
+            after=after,
+            limit=limit,
+        )
+        return await list_requests(services(state), query)
 
     @get(
         "/requests/{request_id:str}",

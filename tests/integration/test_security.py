@@ -292,3 +292,21 @@ async def test_cli_purge_only_touches_ended_requests(service_factory: Any) -> No
         assert (await client.get(f"/assistant/requests/{ended['request_id']}")).status_code == 410
         rest = await read_stream(client, running["stream_url"], last_event_id=4)
         assert rest.events[-1]["type"] == "complete"
+
+
+async def test_listing_shows_only_the_callers_requests(service: ServiceProcess) -> None:
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as client:
+        mine = [(await create(client, "alice", mode="chat"))["request_id"] for _ in range(3)]
+        await create(client, "bob", mode="chat")
+        first = await client.get(
+            "/assistant/requests", params={"limit": 2}, headers=bearer("alice")
+        )
+        page = first.json()
+        rest = await client.get(
+            "/assistant/requests", params={"after": page["next_after"]}, headers=bearer("alice")
+        )
+        listed = [r["request_id"] for r in page["requests"] + rest.json()["requests"]]
+        assert listed == mine
+        assert {r["user_id"] for r in page["requests"]} == {"alice"}
+        bad = await client.get("/assistant/requests", params={"mode": "x"}, headers=bearer("alice"))
+        assert bad.status_code == 400
