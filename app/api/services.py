@@ -64,11 +64,6 @@ class Services:
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     streams: StreamStats = field(default_factory=lambda: StreamStats())
 
-    @property
-    def open_streams(self) -> int:
-        """SSE connections open right now."""
-        return self.streams.open
-
     def stream_link(self, request_id: str, user_id: str) -> str:
         """Where to stream a request; with auth on, it carries a token for that request only."""
         path = f"/assistant/stream/{request_id}"

@@ -115,11 +115,6 @@ class MarkerParser:
                 self._stop(block, "the component was not closed by an END marker")
         return self._drain()
 
-    @property
-    def open_blocks(self) -> int:
-        """How many components are open right now."""
-        return len(self._stack)
-
     # --- lines --------------------------------------------------------------------------
 
     def _partial_line(self) -> None:

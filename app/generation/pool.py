@@ -74,12 +74,8 @@ class RunnerPool:
         return interrupted
 
     def notify(self) -> None:
-        """New work was queued: wake an idle worker now rather than at the next poll."""
+        """New work was queued: wake the dispatcher now rather than at the next poll."""
         self._work.set()
-
-    def is_running(self, request_id: str) -> bool:
-        """Whether this process is running ``request_id`` right now."""
-        return request_id in self._running
 
     async def cancel(self, request_id: str, reason: str) -> None:
         """Stop a request if this process runs it, and wait until its runner has let go.

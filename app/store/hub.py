@@ -123,8 +123,3 @@ class Hub:
         for boxes in self._boxes.values():
             for box in boxes:
                 box.wake()
-
-    @property
-    def subscribers(self) -> int:
-        """Open subscriptions in this process."""
-        return sum(len(boxes) for boxes in self._boxes.values())

@@ -475,10 +475,6 @@ class Subscription:
                 break
         return out
 
-    def wake(self) -> None:
-        """Make a pending ``next`` return (used when the server is shutting down)."""
-        self._box.wake()
-
     async def _from_db(self) -> list[Committed]:
         rows = await self._log.read(self.request_id, self.last_seq, self.page_size)
         out: list[Committed] = []
