@@ -113,7 +113,6 @@ async def accept(
         max_active=svc.limits.max_active_per_user,
         max_per_minute=svc.limits.rate_per_minute,
     )
-    position = await svc.queue.depth() + 1
     try:
         events = await svc.log.create(
             new,
@@ -128,7 +127,8 @@ async def accept(
                     user_id=user,
                     idempotency_key=key,
                 ),
-                Status(status="queued", message="waiting for a runner", queue_position=position),
+                # The log fills in queue_position when it commits the request.
+                Status(status="queued", message="waiting for a runner"),
             ],
         )
     except ActiveLimitReached as exc:

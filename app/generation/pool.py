@@ -27,6 +27,7 @@ class RunnerPool:
         size: int,
         poll_interval_s: float = 1.0,
         lease_renew_s: float = 10.0,
+        claim_batch: int = 64,
     ) -> None:
         self._runner = runner
         self._queue = queue
@@ -34,7 +35,9 @@ class RunnerPool:
         self._poll = poll_interval_s
         self._renew = lease_renew_s
         self._work = asyncio.Event()
-        self._slots = asyncio.Semaphore(size)
+        self._size = size
+        self._claim_batch = claim_batch
+        self._slot_freed = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -104,6 +107,7 @@ class RunnerPool:
         """Stop claiming; give running generations ``grace_s`` to finish, then interrupt them."""
         self._stopping = True
         self._work.set()
+        self._slot_freed.set()
         running = set(self._running.values())
         if running and grace_s > 0:
             await asyncio.wait(running, timeout=grace_s)
@@ -117,37 +121,43 @@ class RunnerPool:
         self._tasks = []
 
     async def _dispatch(self) -> None:
-        """One claimer for the whole pool: it claims only when a slot is free, so an idle
-        pool costs one claim per poll interval, not one per slot."""
+        """One claimer for the whole pool. It claims only for free slots, and as many as
+        are free in one transaction: an idle pool costs one claim per poll interval, and a
+        busy one a claim per batch of requests rather than per request."""
         while not self._stopping:
-            await self._slots.acquire()
+            free = self._size - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
             self._work.clear()
+            wanted = min(free, self._claim_batch)
             try:
-                request_id = await self._queue.claim()
+                claims = await self._queue.claim(wanted)
             except Exception:
                 log.exception("claiming queued work failed; retrying")
-                request_id = None
-            if request_id is None or self.stopping:
-                # (a claim made while stopping is released at the next start)
-                self._slots.release()
-                if request_id is None and not self.stopping:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._poll):
-                            await self._work.wait()
-                continue
-            task = asyncio.create_task(
-                self._runner.run(request_id, cancel_reason=self._cancel_reasons),
-                name=f"run-{request_id}",
-            )
-            self._running[request_id] = task
-            # A done callback, not a finally: it also runs for a task cancelled before it
-            # ever started.
-            task.add_done_callback(functools.partial(self._finished, request_id))
+                claims = []
+            if self.stopping:
+                return  # (a claim made while stopping is released at the next start)
+            for claim in claims:
+                task = asyncio.create_task(
+                    self._runner.run(claim, cancel_reason=self._cancel_reasons),
+                    name=f"run-{claim.request_id}",
+                )
+                self._running[claim.request_id] = task
+                # A done callback, not a finally: it also runs for a task cancelled before
+                # it ever started.
+                task.add_done_callback(functools.partial(self._finished, claim.request_id))
+            if len(claims) < wanted:
+                # The queue is empty (for this node): wait for new work or the next poll.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll):
+                        await self._work.wait()
 
     def _finished(self, request_id: str, _task: asyncio.Task[None]) -> None:
         self._running.pop(request_id, None)
         self._cancel_reasons.pop(request_id, None)
-        self._slots.release()
+        self._slot_freed.set()
 
     async def _heartbeat(self) -> None:
         """Renew this node's leases; end what dead nodes left behind once their leases expire."""

@@ -39,6 +39,7 @@ from app.generation.prompts import FIELD_TOOL
 from app.generation.providers.base import Finished, Job, Provider, ProviderError, ToolCall
 from app.logcontext import request_id_var
 from app.store.log import EventLog, StreamClosed
+from app.store.queue import Claim
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +80,16 @@ class Runner:
         self._config = config
         self.stats = GenerationStats()
 
-    async def run(self, request_id: str, *, cancel_reason: dict[str, str]) -> None:
-        """Run ``request_id`` to its terminal event.
+    async def run(self, claim: Claim, *, cancel_reason: dict[str, str]) -> None:
+        """Run a claimed request to its terminal event.
 
         If the task is cancelled, the reason recorded in ``cancel_reason`` decides the
         ending: a user's cancel ends in ``cancelled``; anything else (shutdown) ends in
         ``error{code: interrupted}``.
         """
+        request_id = claim.request_id
         request_id_var.set(request_id)
-        first = await self._log.read(request_id, 0, limit=1)
-        created = first[0].payload() if first else None
+        created = claim.created.payload() if claim.created is not None else None
         if not isinstance(created, Created):
             log.error("request %s has no created event; not running it", request_id)
             return

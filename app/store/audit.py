@@ -165,7 +165,7 @@ async def stats_facts(
         scope = scope.where(requests.c.created_at < until)
     chosen = scope.subquery()
     in_scope = requests.c.request_id.in_(select(chosen.c.request_id))
-    async with engines.read.connect() as conn:
+    async with engines.snapshot() as conn:
         rows = (
             await conn.execute(
                 select(

@@ -1,38 +1,112 @@
-"""Database engines for the log: one for writes, one for reads.
+"""Database engines for the log, and the two ways the service talks to them.
 
-Everything backend-specific lives here.
+Everything backend-specific lives here. The service runs its statements as plain
+functions of a synchronous SQLAlchemy ``Connection``, through ``Engines.transact`` (one
+write transaction) and ``Engines.query`` (a read):
 
-- SQLite: WAL journal, ``synchronous``, busy timeout, and ``BEGIN IMMEDIATE`` for writers
-  (a deferred transaction that reads before it writes can fail with SQLITE_BUSY when
-  another writer commits in between; IMMEDIATE takes the write lock up front and waits).
-  One process owns the file, and BEGIN IMMEDIATE already serializes its writers.
-- PostgreSQL: several processes append at once, so each group commit first takes
-  ``LOCK TABLE events IN EXCLUSIVE MODE`` (readers are not blocked). Group commits are
-  then serialized across nodes: seq assignment and admission limits see every earlier
-  commit, and the global ``events.id`` order equals the commit order, so an audit reader
-  paging by id never skips an event that a slower transaction commits later. The cost is
-  one lock per group commit, not per event. Commits also NOTIFY ``genstream_events`` so
-  every node wakes its subscribers (``store/notify.py``).
+- SQLite: those functions run on worker threads with the standard ``sqlite3`` driver, one
+  hand-off per transaction however many statements it holds. (Through aiosqlite every
+  statement costs several hand-offs, each waiting for a turn of a busy event loop: under
+  load a 200-event group commit took 200 ms that way, and one statement's worth of CPU
+  this way.) One process owns the file and one thread owns its only write connection, so
+  writers (the group commit, queue claims) queue in the process, never in SQLite's busy
+  handler, which sleeps. WAL journal, ``synchronous``, busy timeout (for other processes,
+  such as the CLI), ``BEGIN IMMEDIATE`` for writes: a deferred transaction that reads
+  before it writes could fail with SQLITE_BUSY. Reads run in autocommit unless they ask
+  for a ``snapshot``.
+- PostgreSQL: the same functions run on the async engine through ``run_sync``. Several
+  processes append at once, so each group commit first takes ``LOCK TABLE events IN
+  EXCLUSIVE MODE`` (readers are not blocked). Group commits are then serialized across
+  nodes: seq assignment and admission limits see every earlier commit, and the global
+  ``events.id`` order equals the commit order, so an audit reader paging by id never
+  skips an event that a slower transaction commits later. The cost is one lock per group
+  commit, not per event. Commits also NOTIFY ``genstream_events`` so every node wakes its
+  subscribers (``store/notify.py``).
+
+The async engines (``write``, ``read``) remain for everything off the hot path.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+T = TypeVar("T")
 
 NOTIFY_CHANNEL = "genstream_events"
 
 
+class SQLiteThreads:
+    """Synchronous SQLite engines driven from worker threads: one writer, a few readers."""
+
+    def __init__(self, url: str, *, synchronous: str, busy_ms: int, readers: int = 4) -> None:
+        sync_url = url.replace("sqlite+aiosqlite:", "sqlite+pysqlite:", 1)
+        args = {"check_same_thread": False}
+        self.write_engine = create_engine(sync_url, pool_size=1, max_overflow=0, connect_args=args)
+        self.read_engine = create_engine(
+            sync_url, pool_size=readers, max_overflow=0, connect_args=args
+        )
+        _configure_sqlite(self.write_engine, synchronous, busy_ms, begin="BEGIN IMMEDIATE")
+        _configure_sqlite(self.read_engine, synchronous, busy_ms, begin=None)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="sqlite-read")
+
+    async def transact(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` in one write transaction, on the write thread."""
+
+        def run() -> T:
+            with self.write_engine.begin() as conn:
+                return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+
+    async def query(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` on a read connection, on a reader thread."""
+
+        def run() -> T:
+            with self.read_engine.connect() as conn:
+                return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    def close(self) -> None:
+        """Wait for running work, then close the connections."""
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self.write_engine.dispose()
+        self.read_engine.dispose()
+
+
 @dataclass(frozen=True, slots=True)
 class Engines:
-    """The write engine (group commit, queue claims) and the read engine (everything else)."""
+    """How the service reaches its database: ``transact`` and ``query`` for the service's
+    own statements, the async ``write`` and ``read`` engines for everything else."""
 
     write: AsyncEngine
     read: AsyncEngine
+    threads: SQLiteThreads | None = field(default=None)
+
+    async def transact(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one write transaction and return what it returns."""
+        if self.threads is not None:
+            return await self.threads.transact(fn)
+        async with self.write.begin() as conn:
+            return await conn.run_sync(fn)
+
+    async def query(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` on a read connection (autocommit on SQLite)."""
+        if self.threads is not None:
+            return await self.threads.query(fn)
+        async with self.read.connect() as conn:
+            return await conn.run_sync(fn)
 
     @property
     def dialect(self) -> str:
@@ -44,21 +118,31 @@ class Engines:
         """Whether several processes may use this database at once (PostgreSQL)."""
         return self.dialect != "sqlite"
 
-    async def serialize_appends(self, conn: AsyncConnection) -> None:
+    def serialize_appends(self, conn: Connection) -> None:
         """Order this group commit after every other node's (see the module docstring)."""
         if self.shared:
-            await conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
+            conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
 
-    async def notify_appended(self, conn: AsyncConnection, last_seqs: dict[str, int]) -> None:
+    def notify_appended(self, conn: Connection, last_seqs: dict[str, int]) -> None:
         """Tell the other nodes which streams grew (delivered when the transaction commits)."""
         if self.shared and last_seqs:
-            await conn.execute(
+            conn.execute(
                 text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
                 {
                     "channel": NOTIFY_CHANNEL,
                     "payloads": [f"{rid} {seq}" for rid, seq in last_seqs.items()],
                 },
             )
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A read connection whose statements all see the same committed state."""
+        async with self.read.connect() as conn:
+            if self.shared:
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            else:
+                await conn.exec_driver_sql("BEGIN")
+            yield conn
 
     async def schema_version(self) -> str | None:
         """The Alembic revision the database is at; None when it has never been migrated."""
@@ -71,6 +155,8 @@ class Engines:
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
+        if self.threads is not None:
+            await asyncio.to_thread(self.threads.close)
         await self.write.dispose()
         if self.read is not self.write:
             await self.read.dispose()
@@ -84,15 +170,17 @@ def create_engines(
         engine = create_async_engine(url, pool_pre_ping=True)
         return Engines(write=engine, read=engine)
     _ensure_parent_dir(url)
-    write = create_async_engine(url, pool_size=1, max_overflow=1)
+    write = create_async_engine(url, pool_size=1, max_overflow=0)
     read = create_async_engine(url, pool_size=8, max_overflow=8)
-    _configure_sqlite(write, sqlite_synchronous, sqlite_busy_timeout_ms, begin="BEGIN IMMEDIATE")
-    _configure_sqlite(read, sqlite_synchronous, sqlite_busy_timeout_ms, begin="BEGIN")
-    return Engines(write=write, read=read)
+    sync, busy = sqlite_synchronous, sqlite_busy_timeout_ms
+    _configure_sqlite(write.sync_engine, sync, busy, begin="BEGIN IMMEDIATE")
+    _configure_sqlite(read.sync_engine, sync, busy, begin=None)
+    threads = SQLiteThreads(url, synchronous=sync, busy_ms=busy)
+    return Engines(write=write, read=read, threads=threads)
 
 
-def _configure_sqlite(engine: AsyncEngine, synchronous: str, busy_ms: int, *, begin: str) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: Engine, synchronous: str, busy_ms: int, *, begin: str | None) -> None:
+    @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take over transaction control from the driver so that ``begin`` below decides
         # how each transaction starts.
@@ -104,7 +192,13 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str, busy_ms: int, *, be
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    if begin is None:
+        # Reads run in autocommit: each statement sees one committed state on its own, and
+        # an explicit BEGIN would cost a round trip to the driver's thread per read.
+        # ``Engines.snapshot`` opens a transaction where several statements must agree.
+        return
+
+    @event.listens_for(engine, "begin")
     def on_begin(conn: Any) -> None:
         conn.exec_driver_sql(begin)
 

@@ -56,7 +56,9 @@ async def check(
     done = 0
     after = ""
     while True:
-        async with engines.read.connect() as conn:
+        # One snapshot per page: a request's row and its events must come from the same
+        # state of the log, or a commit between the two reads would look like drift.
+        async with engines.snapshot() as conn:
             ids = [
                 row[0]
                 for row in await conn.execute(
@@ -122,20 +124,20 @@ async def _check_one(
         drift.append(f"user_id: row has {record.user_id!r}, events say {view.user_id!r}")
     found.extend(Finding(request_id=request_id, problem=d, repaired=repair) for d in drift)
     if drift and repair:
-        async with engines.write.begin() as conn:
-            await conn.execute(
-                update(requests)
-                .where(requests.c.request_id == request_id)
-                .values(**_row(view, keep_user=record.user_id))
-            )
+        statement = (
+            update(requests)
+            .where(requests.c.request_id == request_id)
+            .values(**_row(view, keep_user=record.user_id))
+        )
+        await engines.transact(lambda conn: conn.execute(statement))
     return found
 
 
 async def _insert(engines: Engines, view: RequestView) -> None:
-    async with engines.write.begin() as conn:
-        await conn.execute(
-            insert(requests).values(request_id=view.request_id, **_row(view, keep_user="unknown"))
-        )
+    statement = insert(requests).values(
+        request_id=view.request_id, **_row(view, keep_user="unknown")
+    )
+    await engines.transact(lambda conn: conn.execute(statement))
 
 
 def _row(view: RequestView, *, keep_user: str) -> dict[str, object]:

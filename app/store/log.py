@@ -18,9 +18,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.events import (
     ACTIVE_STATUSES,
@@ -28,6 +27,7 @@ from app.domain.events import (
     UPCASTERS,
     Created,
     Payload,
+    Status,
     StoredEvent,
     UpcasterRegistry,
     encode_payload,
@@ -146,6 +146,13 @@ class _Append:
 
 _STOP = object()
 
+_Written = tuple[
+    list[list[StoredEvent] | Exception],  # per append: [] once written, or its rejection
+    list[tuple[int, int]],  # per append: its span of the written events
+    list[tuple[str, int, str, bytes]],  # written events: request ID, seq, type, payload
+    list[int],  # their ids
+]
+
 
 class EventLog:
     """Append-only log of events keyed by request, with group commit and live tails."""
@@ -187,7 +194,11 @@ class EventLog:
     # --- writes ---------------------------------------------------------------------------
 
     async def create(self, new: NewRequest, payloads: Sequence[Payload]) -> list[StoredEvent]:
-        """Create a request: its header row and its first events, ``created`` first."""
+        """Create a request: its header row and its first events, ``created`` first.
+
+        A ``status{queued}`` among them gets the request's place in the queue, counted
+        when it commits.
+        """
         if not payloads or not isinstance(payloads[0], Created):
             raise ValueError("a request's first event must be created")
         return await self._submit(new.request_id, payloads, new)
@@ -269,76 +280,11 @@ class EventLog:
 
     async def _commit(self, batch: list[_Append]) -> list[list[StoredEvent] | Exception]:
         at = utcnow()
-        async with self._engines.write.begin() as conn:
-            await self._engines.serialize_appends(conn)
-            state = await _load_state(conn, {i.request_id for i in batch if i.new is None})
-            # Admission checks run here, inside the write transaction, so that concurrent
-            # creations cannot both slip under a limit.
-            admission = await _load_admission(conn, [i.new for i in batch if i.new is not None], at)
-            new_rows: list[dict[str, object]] = []
-            event_rows: list[dict[str, object]] = []
-            written: list[tuple[str, int, str, bytes]] = []
-            outcomes: list[list[StoredEvent] | Exception] = []
-            spans: list[tuple[int, int]] = []
-            for item in batch:
-                rejection = _check(item, state) or admission.admit(item.new)
-                if rejection is not None:
-                    outcomes.append(rejection)
-                    spans.append((0, 0))
-                    continue
-                if item.new is not None:
-                    new_rows.append(_header_row(item.new, at))
-                    state[item.request_id] = _State(0, "queued")
-                current = state[item.request_id]
-                start = len(event_rows)
-                for payload in item.payloads:
-                    current.last_seq += 1
-                    current.status = status_after(payload) or current.status
-                    type_, data = event_type(payload), encode_payload(payload)
-                    written.append((item.request_id, current.last_seq, type_, data))
-                    event_rows.append(
-                        {
-                            "request_id": item.request_id,
-                            "seq": current.last_seq,
-                            "type": type_,
-                            "v": self._upcasters.current_version(type_),
-                            "data": data.decode(),
-                            "at": at,
-                        }
-                    )
-                current.touched = True
-                outcomes.append([])
-                spans.append((start, len(event_rows)))
-            if new_rows:
-                await conn.execute(insert(requests), new_rows)
-            ids: list[int] = []
-            if event_rows:
-                result = await conn.execute(
-                    insert(events).returning(events.c.id, sort_by_parameter_order=True),
-                    event_rows,
-                )
-                ids = [row[0] for row in result]
-            touched = [
-                {"b_id": rid, "b_seq": s.last_seq, "b_status": s.status, "b_at": at}
-                for rid, s in state.items()
-                if s.touched
-            ]
-            await self._engines.notify_appended(
-                conn, {rid: s.last_seq for rid, s in state.items() if s.touched}
-            )
-            if touched:
-                await conn.execute(
-                    update(requests)
-                    .where(requests.c.request_id == bindparam("b_id"))
-                    .values(
-                        last_seq=bindparam("b_seq"),
-                        status=bindparam("b_status"),
-                        updated_at=bindparam("b_at"),
-                    ),
-                    touched,
-                )
+        outcomes, spans, written, ids = await self._engines.transact(
+            lambda conn: self._write(conn, batch, at)
+        )
         self.stats.commits += 1
-        self.stats.events += len(event_rows)
+        self.stats.events += len(written)
         self.stats.appends += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         self.stats.batch_sizes.observe(len(batch))
@@ -351,6 +297,80 @@ class EventLog:
                     for k, (rid, seq, type_, data) in enumerate(written[start:end], start)
                 ]
         return outcomes
+
+    def _write(self, conn: Connection, batch: list[_Append], at: datetime) -> _Written:
+        """The group commit's statements, in its one transaction (on the database's thread)."""
+        self._engines.serialize_appends(conn)
+        state = _load_state(conn, {i.request_id for i in batch if i.new is None})
+        # Admission checks run here, inside the write transaction, so that concurrent
+        # creations cannot both slip under a limit.
+        admission = _load_admission(conn, [i.new for i in batch if i.new is not None], at)
+        new_rows: list[dict[str, object]] = []
+        event_rows: list[dict[str, object]] = []
+        written: list[tuple[str, int, str, bytes]] = []
+        outcomes: list[list[StoredEvent] | Exception] = []
+        spans: list[tuple[int, int]] = []
+        for item in batch:
+            rejection = _check(item, state) or admission.admit(item.new)
+            if rejection is not None:
+                outcomes.append(rejection)
+                spans.append((0, 0))
+                continue
+            payloads = item.payloads
+            if item.new is not None:
+                new_rows.append(_header_row(item.new, at))
+                state[item.request_id] = _State(0, "queued")
+                admission.queued += 1
+                payloads = [_with_position(p, admission.queued) for p in payloads]
+            current = state[item.request_id]
+            start = len(event_rows)
+            for payload in payloads:
+                current.last_seq += 1
+                current.status = status_after(payload) or current.status
+                type_, data = event_type(payload), encode_payload(payload)
+                written.append((item.request_id, current.last_seq, type_, data))
+                event_rows.append(
+                    {
+                        "request_id": item.request_id,
+                        "seq": current.last_seq,
+                        "type": type_,
+                        "v": self._upcasters.current_version(type_),
+                        "data": data.decode(),
+                        "at": at,
+                    }
+                )
+            current.touched = True
+            outcomes.append([])
+            spans.append((start, len(event_rows)))
+        if new_rows:
+            conn.execute(insert(requests), new_rows)
+        ids: list[int] = []
+        if event_rows:
+            result = conn.execute(
+                insert(events).returning(events.c.id, sort_by_parameter_order=True),
+                event_rows,
+            )
+            ids = [row[0] for row in result]
+        touched = [
+            {"b_id": rid, "b_seq": s.last_seq, "b_status": s.status, "b_at": at}
+            for rid, s in state.items()
+            if s.touched
+        ]
+        self._engines.notify_appended(
+            conn, {rid: s.last_seq for rid, s in state.items() if s.touched}
+        )
+        if touched:
+            conn.execute(
+                update(requests)
+                .where(requests.c.request_id == bindparam("b_id"))
+                .values(
+                    last_seq=bindparam("b_seq"),
+                    status=bindparam("b_status"),
+                    updated_at=bindparam("b_at"),
+                ),
+                touched,
+            )
+        return outcomes, spans, written, ids
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -365,28 +385,21 @@ class EventLog:
         )
         if limit is not None:
             query = query.limit(limit)
-        async with self._engines.read.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._engines.query(lambda conn: conn.execute(query).all())
         return [stored_event(request_id, row, self._upcasters) for row in rows]
 
     async def get(self, request_id: str) -> RequestRecord | None:
         """The read-model row of a request, or None."""
-        async with self._engines.read.connect() as conn:
-            row = (
-                await conn.execute(select(requests).where(requests.c.request_id == request_id))
-            ).first()
+        query = select(requests).where(requests.c.request_id == request_id)
+        row = await self._engines.query(lambda conn: conn.execute(query).first())
         return None if row is None else record_of(row)
 
     async def find_idempotent(self, user_id: str, key: str) -> RequestRecord | None:
         """The request a user created with this idempotency key, if any."""
-        async with self._engines.read.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(requests).where(
-                        requests.c.user_id == user_id, requests.c.idempotency_key == key
-                    )
-                )
-            ).first()
+        query = select(requests).where(
+            requests.c.user_id == user_id, requests.c.idempotency_key == key
+        )
+        row = await self._engines.query(lambda conn: conn.execute(query).first())
         return None if row is None else record_of(row)
 
     async def track_fields(self, user_id: str, track_id: str) -> list[StoredEvent]:
@@ -410,8 +423,7 @@ class EventLog:
             )
             .order_by(events.c.id)
         )
-        async with self._engines.read.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._engines.query(lambda conn: conn.execute(query).all())
         return [stored_event(row.request_id, row, self._upcasters) for row in rows]
 
     def subscribe(self, request_id: str, after: int) -> Subscription:
@@ -504,10 +516,10 @@ class _State:
     touched: bool = False
 
 
-async def _load_state(conn: AsyncConnection, request_ids: set[str]) -> dict[str, _State]:
+def _load_state(conn: Connection, request_ids: set[str]) -> dict[str, _State]:
     if not request_ids:
         return {}
-    rows = await conn.execute(
+    rows = conn.execute(
         select(requests.c.request_id, requests.c.last_seq, requests.c.status).where(
             requests.c.request_id.in_(sorted(request_ids))
         )
@@ -521,6 +533,8 @@ RATE_WINDOW = timedelta(minutes=1)
 @dataclass(slots=True)
 class _Admission:
     at: datetime
+    queued: int = 0
+    """Requests waiting for a runner: the next one created is at position ``queued + 1``."""
     active: dict[str, int] = field(default_factory=dict)
     elements: dict[tuple[str, str], str] = field(default_factory=dict)
     recent: dict[tuple[str, str], tuple[int, datetime]] = field(default_factory=dict)
@@ -546,13 +560,18 @@ class _Admission:
         return None
 
 
-async def _load_admission(
-    conn: AsyncConnection, news: list[NewRequest], at: datetime
-) -> _Admission:
+def _load_admission(conn: Connection, news: list[NewRequest], at: datetime) -> _Admission:
     admission = _Admission(at=at)
+    if news:
+        admission.queued = int(
+            conn.scalar(
+                select(func.count()).select_from(requests).where(requests.c.status == "queued")
+            )
+            or 0
+        )
     users = sorted({n.user_id for n in news if n.max_active is not None})
     if users:
-        counts = await conn.execute(
+        counts = conn.execute(
             select(requests.c.user_id, func.count().label("n"))
             .where(requests.c.user_id.in_(users), requests.c.status.in_(ACTIVE_STATUSES))
             .group_by(requests.c.user_id)
@@ -560,7 +579,7 @@ async def _load_admission(
         admission.active = {str(row.user_id): int(row.n) for row in counts}
     rated = sorted({n.user_id for n in news if n.max_per_minute is not None})
     if rated:
-        window = await conn.execute(
+        window = conn.execute(
             select(
                 requests.c.user_id,
                 requests.c.mode,
@@ -575,7 +594,7 @@ async def _load_admission(
         }
     elements = sorted({n.element_id for n in news if n.element_id})
     if elements:
-        rows = await conn.execute(
+        rows = conn.execute(
             select(requests.c.request_id, requests.c.user_id, requests.c.element_id).where(
                 requests.c.element_id.in_(elements), requests.c.status.in_(ACTIVE_STATUSES)
             )
@@ -601,6 +620,13 @@ def _check(item: _Append, state: dict[str, _State]) -> AppendRejected | None:
     if current.status in TERMINAL_STATUSES:
         return StreamClosed(item.request_id)
     return None
+
+
+def _with_position(payload: Payload, position: int) -> Payload:
+    """A new request's ``status{queued}`` with its place in the queue, counted at commit."""
+    if isinstance(payload, Status) and payload.status == "queued":
+        return msgspec.structs.replace(payload, queue_position=position)
+    return payload
 
 
 def _header_row(new: NewRequest, at: datetime) -> dict[str, object]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Connection, delete, insert, select
 
 from app.domain.events import TERMINAL_STATUSES, utcnow
 from app.store.engine import Engines
@@ -17,33 +17,29 @@ from app.store.tables import events, purged_requests, requests
 
 async def purge_ended_before(engines: Engines, cutoff: datetime, *, batch: int = 500) -> int:
     """Delete requests that ended before ``cutoff``, with their events; returns how many."""
+
+    def purge_one_batch(conn: Connection) -> int:
+        rows = conn.execute(
+            select(requests.c.request_id, requests.c.user_id)
+            .where(requests.c.status.in_(TERMINAL_STATUSES), requests.c.updated_at < cutoff)
+            .limit(batch)
+        ).all()
+        if not rows:
+            return 0
+        ids = [row.request_id for row in rows]
+        now = utcnow()
+        conn.execute(
+            insert(purged_requests),
+            [{"request_id": r.request_id, "user_id": r.user_id, "purged_at": now} for r in rows],
+        )
+        conn.execute(delete(events).where(events.c.request_id.in_(ids)))
+        conn.execute(delete(requests).where(requests.c.request_id.in_(ids)))
+        return len(rows)
+
     total = 0
-    while True:
-        async with engines.write.begin() as conn:
-            rows = (
-                await conn.execute(
-                    select(requests.c.request_id, requests.c.user_id)
-                    .where(
-                        requests.c.status.in_(TERMINAL_STATUSES),
-                        requests.c.updated_at < cutoff,
-                    )
-                    .limit(batch)
-                )
-            ).all()
-            if not rows:
-                return total
-            ids = [row.request_id for row in rows]
-            now = utcnow()
-            await conn.execute(
-                insert(purged_requests),
-                [
-                    {"request_id": r.request_id, "user_id": r.user_id, "purged_at": now}
-                    for r in rows
-                ],
-            )
-            await conn.execute(delete(events).where(events.c.request_id.in_(ids)))
-            await conn.execute(delete(requests).where(requests.c.request_id.in_(ids)))
-        total += len(rows)
+    while purged := await engines.transact(purge_one_batch):
+        total += purged
+    return total
 
 
 async def purged_owner(engines: Engines, request_id: str) -> str | None:

@@ -223,21 +223,58 @@ async def test_stored_old_payload_versions_are_upcast_on_read(engines: Engines) 
         await log.close()
 
 
+async def claimed(queue: WorkQueue, limit: int = 1) -> list[str]:
+    return [c.request_id for c in await queue.claim(limit)]
+
+
 async def test_queue_claims_oldest_once(log: EventLog, engines: Engines) -> None:
     # Leases of zero length: every claim is immediately "expired", as a dead node's would be.
     queue = WorkQueue(engines, owner="node-a", lease_s=0)
     first, second = await create(log), await create(log)
-    claims = await asyncio.gather(queue.claim(), queue.claim(), queue.claim())
-    assert sorted(c for c in claims if c) == sorted([first, second])
-    assert claims.count(None) == 1
+    claims = await asyncio.gather(claimed(queue), claimed(queue), claimed(queue))
+    assert sorted(rid for c in claims for rid in c) == sorted([first, second])
+    assert claims.count([]) == 1
     assert await queue.release_unstarted() == 2
-    assert await queue.claim() == first
+    assert await claimed(queue) == [first]
     await log.append(first, [ev.Status(status="running")])
     assert await queue.orphaned_running() == [first]
     live = WorkQueue(engines, owner="node-b", lease_s=60)
-    assert await live.claim() == second
+    assert await claimed(live) == [second]
     await log.append(second, [ev.Status(status="running")])
     assert await live.orphaned_running() == [first], "a live lease is not orphaned"
+
+
+async def test_the_log_numbers_new_requests_by_their_place_in_the_queue(
+    log: EventLog, engines: Engines
+) -> None:
+    async def position_of(rid: str) -> int | None:
+        (_, queued) = await log.read(rid)
+        status = queued.payload()
+        assert isinstance(status, ev.Status)
+        return status.queue_position
+
+    first = await create(log)
+    together = await asyncio.gather(*(create(log) for _ in range(3)))
+    assert await position_of(first) == 1
+    assert sorted([await position_of(rid) for rid in together]) == [2, 3, 4]
+    await log.append(first, [ev.Status(status="running")])
+    assert await position_of(await create(log)) == 4, "a running request has left the queue"
+
+
+async def test_a_batch_claim_takes_the_oldest_in_order_with_their_created_events(
+    log: EventLog, engines: Engines
+) -> None:
+    queue = WorkQueue(engines, owner="node-a", lease_s=60)
+    ids = [await create(log) for _ in range(5)]
+    batch = await queue.claim(3)
+    assert [c.request_id for c in batch] == ids[:3]
+    for claim in batch:
+        assert claim.created is not None
+        assert claim.created.seq == 1
+        assert isinstance(claim.created.payload(), ev.Created)
+    rest = await queue.claim(10)
+    assert [c.request_id for c in rest] == ids[3:], "nothing is claimed twice"
+    assert await queue.claim(10) == []
 
 
 async def test_the_active_limit_holds_under_concurrent_creations(log: EventLog) -> None:
