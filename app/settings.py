@@ -63,6 +63,8 @@ class Settings:
     """Queued plus running requests one user may have (429 beyond)."""
     rate_per_minute: int = 30
     """New requests one user may create per mode in any 60 seconds (429 beyond)."""
+    shed_lag_ms: float = 50.0
+    """New requests get 429 while the event loop runs this late on average (0 = never)."""
     jwt_secret: str = field(default="", repr=False)
     """HS256 secret for bearer tokens; empty = local mode (one user, loopback only)."""
     stream_token_ttl_s: float = 600.0
@@ -165,6 +167,8 @@ class Settings:
             )
         if self.lease_renew_s >= self.lease_s:
             raise SettingsError("GENSTREAM_LEASE_RENEW_S must be shorter than GENSTREAM_LEASE_S")
+        if self.shed_lag_ms < 0:
+            raise SettingsError("GENSTREAM_SHED_LAG_MS must not be negative (0 never sheds)")
         if self.retention_s < 0:
             raise SettingsError("GENSTREAM_RETENTION_S must not be negative (0 keeps all)")
         if self.openai_max_retries < 0 or self.openai_retry_backoff_s < 0:

@@ -21,6 +21,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from app.api.audit import AuditController
 from app.api.auth import AuthMiddleware
 from app.api.health import health, metrics, ready
+from app.api.overload import LoadShedder
 from app.api.problems import (
     ProblemError,
     http_exception_handler,
@@ -127,6 +128,7 @@ def build_services(settings: Settings) -> Services:
             model=settings.model,
         ),
         migrations_head=migrations_head(),
+        shedder=LoadShedder(settings.shed_lag_ms / 1000.0),
         jwt_secret=settings.jwt_secret,
         stream_token_ttl=timedelta(seconds=settings.stream_token_ttl_s),
     )
@@ -169,6 +171,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await listener.start()
         await svc.log.start()
         await svc.pool.start()
+        await svc.shedder.start()
         retention = (
             asyncio.create_task(
                 purge_periodically(svc, settings.retention_s, settings.retention_interval_s),
@@ -181,6 +184,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             svc.begin_shutdown()
+            await svc.shedder.stop()
             if retention is not None:
                 retention.cancel()
                 await asyncio.gather(retention, return_exceptions=True)

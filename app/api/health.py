@@ -81,6 +81,24 @@ async def metrics(request: Request[Any, Any, State], state: State) -> Response[s
         {"": await svc.queue.depth()},
     )
     metric(
+        "genstream_loop_lag_seconds",
+        "gauge",
+        "How late the event loop runs a timer, smoothed: the saturation signal.",
+        {"": round(svc.shedder.gauge.lag_s, 6)},
+    )
+    metric(
+        "genstream_saturated",
+        "gauge",
+        "1 while new requests are refused with 429 overloaded, else 0.",
+        {"": int(svc.shedder.saturated)},
+    )
+    metric(
+        "genstream_shed_total",
+        "counter",
+        "New requests refused with 429 overloaded because the process was saturated.",
+        {"": svc.shedder.shed},
+    )
+    metric(
         "genstream_runner_active",
         "gauge",
         "Generations running in this process.",

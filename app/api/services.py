@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
 
 from app.api.auth import Principal, mint_token
+from app.api.overload import LoadShedder
 from app.domain.stats import Histogram
 from app.generation.pool import RunnerPool
 from app.generation.providers.base import Provider
@@ -59,6 +60,7 @@ class Services:
     generation: GenerationStats
     limits: ApiLimits
     migrations_head: str | None
+    shedder: LoadShedder
     jwt_secret: str = field(default="", repr=False)
     stream_token_ttl: timedelta = timedelta(minutes=10)
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)

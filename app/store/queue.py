@@ -52,7 +52,7 @@ class WorkQueue:
         request (claims share the single write connection with the group commit).
         """
         now = utcnow()
-        oldest = (
+        picked = (
             select(requests.c.request_id)
             .where(requests.c.status == "queued", requests.c.lease_owner.is_(None))
             .order_by(requests.c.created_at, requests.c.request_id)
@@ -60,10 +60,14 @@ class WorkQueue:
             # PostgreSQL: nodes claiming at once each take different rows instead of
             # queueing on the same ones (SQLite ignores this; it has one writer anyway).
             .with_for_update(skip_locked=True)
+            # Evaluated once: PostgreSQL may re-run an IN (subquery) while rechecking rows
+            # another node changed, and so lease more than ``limit`` of them.
+            .cte("picked")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
         )
         statement = (
             update(requests)
-            .where(requests.c.request_id.in_(oldest), requests.c.lease_owner.is_(None))
+            .where(requests.c.request_id == picked.c.request_id, requests.c.lease_owner.is_(None))
             .values(lease_owner=self.owner, lease_expires_at=now + self._lease)
             .returning(requests.c.request_id, requests.c.created_at)
         )

@@ -43,6 +43,10 @@ def _holds(value: float, limit: float, *, below: bool = True) -> bool | None:
     return value <= limit if below else value >= limit
 
 
+SATURATED_BELOW = 0.95
+"""A service delivering less than this share of the relay's events is past saturation."""
+
+
 def _p(summary: Summary | None, name: str) -> float:
     return math.nan if summary is None else float(getattr(summary, name))
 
@@ -92,6 +96,8 @@ def evaluate(service: TargetResult, relay: TargetResult | None) -> list[Check]:
             _holds(kib, KIB_PER_STREAM),
         )
     )
+    if relay is not None:
+        checks.append(_shedding(service, relay))
     v = service.verify
     checks.append(
         Check(
@@ -101,6 +107,22 @@ def evaluate(service: TargetResult, relay: TargetResult | None) -> list[Check]:
         )
     )
     return checks
+
+
+def _shedding(service: TargetResult, relay: TargetResult) -> Check:
+    """Past saturation (below the relay's rate), 429s and a p99 still under 100 ms."""
+    refused = service.post_statuses.get(429, 0)
+    p99 = _p(service.latency, "p99")
+    measured = f"{refused} POSTs refused with 429, p99 {format_number(p99)} ms"
+    if ratio(service.events_per_s, relay.events_per_s) >= SATURATED_BELOW:
+        return Check(
+            "past saturation: 429, and streams keep pace", measured + " (not saturated)", None
+        )
+    return Check(
+        "past saturation: 429, and streams keep pace",
+        measured,
+        refused > 0 and bool(_holds(p99, 99.999)),
+    )
 
 
 def _mark(holds: bool | None) -> str:

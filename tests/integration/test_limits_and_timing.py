@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +118,41 @@ def test_the_service_refuses_to_start_on_an_unmigrated_database(tmp_path: Path) 
     with pytest.raises(RuntimeError, match="exited at start"):
         service.start(timeout_s=20)
     assert "run `alembic upgrade head`" in service.log()
+
+
+async def test_a_saturated_service_sheds_new_requests_and_keeps_its_streams(
+    service_factory: Any,
+) -> None:
+    service = service_factory(GENSTREAM_SHED_LAG_MS="20", GENSTREAM_DEMO_TOKEN_DELAY_MS="20")
+    assert service.proc is not None
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as client:
+        running = (await client.post("/assistant/request", json={"prompt": "keep me"})).json()
+        # Freeze the whole process: when it runs again, its event loop is 300 ms behind,
+        # as a saturated one is.
+        os.kill(service.proc.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.3)
+        finally:
+            os.kill(service.proc.pid, signal.SIGCONT)
+        for _ in range(100):
+            if "genstream_saturated 1" in (await client.get("/metrics")).text:
+                break
+        else:
+            raise AssertionError("the service never noticed its loop ran late")
+        refused = await client.post("/assistant/request", json={"prompt": "late"})
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["type"].endswith("/overloaded")
+        # What it already accepted goes on to its end.
+        read = await read_stream(client, f"/assistant/stream/{running['request_id']}")
+        assert_well_formed(read.events)
+        assert read.events[-1]["type"] == "complete"
+        # Once the loop keeps time again, it admits new work.
+        for _ in range(100):
+            again = await client.post("/assistant/request", json={"prompt": "later"})
+            if again.status_code != 429:
+                break
+            await asyncio.sleep(0.05)
+        assert again.status_code == 201
+        metrics = (await client.get("/metrics")).text
+        assert "genstream_shed_total 1" in metrics

@@ -308,7 +308,9 @@ def _result(target: str, events_per_s: float, p99: float, **kw: float) -> Target
 
 def test_targets_hold_when_the_service_keeps_up_with_the_relay() -> None:
     checks = report.evaluate(_result("service", 1000, 30), _result("relay", 1000, 15))
-    assert all(c.holds for c in checks), checks
+    not_applicable = [c.target for c in checks if c.holds is None]
+    assert not_applicable == ["past saturation: 429, and streams keep pace"]
+    assert all(c.holds for c in checks if c.holds is not None), checks
 
 
 def test_targets_fail_when_the_service_falls_behind() -> None:
@@ -323,7 +325,17 @@ def test_targets_fail_when_the_service_falls_behind() -> None:
         "resume: first missed event p99 <= 50 ms",
         "POST /assistant/request p99 < 100 ms",
         "server memory < 50 KB per open stream",
+        "past saturation: 429, and streams keep pace",
     }
+
+
+def test_shedding_holds_when_a_saturated_service_refuses_and_keeps_its_streams_fast() -> None:
+    service = _result("service", 500, 40)
+    service.post_statuses = {201: 400, 429: 120}
+    checks = {c.target: c for c in report.evaluate(service, _result("relay", 1000, 15))}
+    shedding = checks["past saturation: 429, and streams keep pace"]
+    assert shedding.holds is True
+    assert shedding.measured == "120 POSTs refused with 429, p99 40.0 ms"
 
 
 def test_the_generated_block_replaces_only_itself(tmp_path: Path) -> None:
