@@ -97,6 +97,8 @@ class Settings:
     """Most appends folded into one group-commit transaction."""
     log_level: str = "info"
     """Log level of the service."""
+    gc_threshold: str = "100000,20,100"
+    """Python's cycle-collector thresholds (generation 0, 1, 2) for the service."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -167,6 +169,13 @@ class Settings:
             )
         if self.lease_renew_s >= self.lease_s:
             raise SettingsError("GENSTREAM_LEASE_RENEW_S must be shorter than GENSTREAM_LEASE_S")
+        try:
+            if min(self.gc_thresholds) < 1:
+                raise ValueError
+        except ValueError:
+            raise SettingsError(
+                "GENSTREAM_GC_THRESHOLD must be three positive integers, such as 100000,20,100"
+            ) from None
         if self.shed_lag_ms < 0:
             raise SettingsError("GENSTREAM_SHED_LAG_MS must not be negative (0 never sheds)")
         if self.retention_s < 0:
@@ -187,6 +196,12 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"GENSTREAM_{name.upper()} must be at least 1")
+
+    @property
+    def gc_thresholds(self) -> tuple[int, int, int]:
+        """``gc_threshold`` parsed (validated by ``validate``)."""
+        first, second, third = (int(part) for part in self.gc_threshold.split(","))
+        return first, second, third
 
     @property
     def sqlite_path(self) -> Path | None:

@@ -3,6 +3,12 @@
 Subscribers get committed events straight from the writer (no per-subscriber database
 read on the live path). A subscriber that falls behind by more than its buffer is marked
 lagged and refills from the database, so a slow client costs memory only up to a bound.
+
+The hub also keeps the tail of each stream this process is writing: its latest committed
+events, from ``created`` on, while it runs. A client connecting or resuming mid-stream
+gets its backlog from there instead of the database, as long as the tail still reaches
+back to what the client last saw. A tail is dropped at the terminal event, when it has a
+gap (another node appended), and, oldest first, past a cap on their number.
 """
 
 from __future__ import annotations
@@ -84,9 +90,22 @@ class Mailbox:
 class Hub:
     """Routes committed events to the mailboxes registered for their request."""
 
-    def __init__(self, mailbox_limit: int = 4_096) -> None:
+    def __init__(
+        self, mailbox_limit: int = 4_096, *, tail_events: int = 128, tails: int = 10_000
+    ) -> None:
         self._boxes: defaultdict[str, set[Mailbox]] = defaultdict(set)
         self._limit = mailbox_limit
+        self._tails: dict[str, deque[Committed]] = {}
+        self._tail_events = tail_events
+        self._max_tails = tails
+
+    def tail(self, request_id: str, after: int) -> list[Committed] | None:
+        """The committed events of ``request_id`` after ``after``, if the tail has them all;
+        None when the database must be read."""
+        tail = self._tails.get(request_id)
+        if not tail or tail[0].event.seq > after + 1:
+            return None
+        return [item for item in tail if item.event.seq > after]
 
     def register(self, request_id: str) -> Mailbox:
         """A new mailbox for ``request_id``; register it *before* reading the backlog."""
@@ -104,17 +123,30 @@ class Hub:
             del self._boxes[request_id]
 
     def publish(self, events: Iterable[StoredEvent]) -> None:
-        """Deliver committed events to their request's subscribers."""
+        """Deliver committed events to their request's subscribers, and keep their tails."""
         for event in events:
-            boxes = self._boxes.get(event.request_id)
-            if not boxes:
-                continue
             item = Committed(event)
-            for box in boxes:
+            self._keep(item)
+            for box in self._boxes.get(event.request_id, ()):
                 box.put(item)
+
+    def _keep(self, item: Committed) -> None:
+        event, tails = item.event, self._tails
+        tail = tails.get(event.request_id)
+        if event.seq == 1:
+            tails[event.request_id] = deque([item], maxlen=self._tail_events)
+            if len(tails) > self._max_tails:
+                del tails[next(iter(tails))]
+        elif tail is not None and tail[-1].event.seq + 1 == event.seq and not event.terminal:
+            tail.append(item)
+        elif tail is not None:
+            del tails[event.request_id]
 
     def poke(self, request_id: str, seq: int) -> None:
         """A commit elsewhere reached ``seq`` on ``request_id`` (a NOTIFY from PostgreSQL)."""
+        tail = self._tails.get(request_id)
+        if tail and seq > tail[-1].event.seq:
+            del self._tails[request_id]  # another node appended: the tail has a gap
         for box in self._boxes.get(request_id, ()):
             box.poke(seq)
 

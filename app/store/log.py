@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Integer, Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.domain.events import (
@@ -378,20 +378,17 @@ class EventLog:
         self, request_id: str, after: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
         """Committed events of ``request_id`` with ``seq > after``, in order."""
-        query = (
-            select(events.c.id, events.c.seq, events.c.type, events.c.v, events.c.data, events.c.at)
-            .where(events.c.request_id == request_id, events.c.seq > after)
-            .order_by(events.c.seq)
-        )
+        query, params = _READ, {"rid": request_id, "after": after}
         if limit is not None:
-            query = query.limit(limit)
-        rows = await self._engines.query(lambda conn: conn.execute(query).all())
+            query, params["limit"] = _READ_PAGE, limit
+        rows = await self._engines.query(lambda conn: conn.execute(query, params).all())
         return [stored_event(request_id, row, self._upcasters) for row in rows]
 
     async def get(self, request_id: str) -> RequestRecord | None:
         """The read-model row of a request, or None."""
-        query = select(requests).where(requests.c.request_id == request_id)
-        row = await self._engines.query(lambda conn: conn.execute(query).first())
+        row = await self._engines.query(
+            lambda conn: conn.execute(_GET, {"rid": request_id}).first()
+        )
         return None if row is None else record_of(row)
 
     async def find_idempotent(self, user_id: str, key: str) -> RequestRecord | None:
@@ -436,7 +433,8 @@ class Subscription:
 
     The mailbox is registered before the backlog is read, so an event committed while
     the backlog query runs is in one or both of them; duplicates are dropped by ``seq``,
-    and any gap (a lagged mailbox) is filled from the database.
+    and any gap (a lagged mailbox) is filled from the database. The backlog comes from
+    the hub's tail of the stream when that reaches back far enough, else from the database.
     """
 
     page_size = 500
@@ -464,7 +462,8 @@ class Subscription:
         if self.finished:
             return []
         if not self._backlog_done:
-            page = await self._from_db()
+            cached = self._log.hub.tail(self.request_id, self.last_seq)
+            page = await self._from_db() if cached is None else self._from_tail(cached)
             if page:
                 return page
             self._backlog_done = True
@@ -484,6 +483,15 @@ class Subscription:
                 return out + await self._from_db()
             out.append(self._advance(item))
             if item.event.terminal:
+                break
+        return out
+
+    def _from_tail(self, cached: list[Committed]) -> list[Committed]:
+        self._backlog_done = True
+        out: list[Committed] = []
+        for item in cached:
+            out.append(self._advance(item))
+            if self.finished:
                 break
         return out
 
@@ -507,6 +515,15 @@ class Subscription:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+# The statements every stream runs, built once: building one costs more than running it.
+_READ = (
+    select(events.c.id, events.c.seq, events.c.type, events.c.v, events.c.data, events.c.at)
+    .where(events.c.request_id == bindparam("rid"), events.c.seq > bindparam("after"))
+    .order_by(events.c.seq)
+)
+_READ_PAGE = _READ.limit(bindparam("limit", type_=Integer))
+_GET = select(requests).where(requests.c.request_id == bindparam("rid"))
 
 
 @dataclass(slots=True)

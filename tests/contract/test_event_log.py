@@ -13,6 +13,7 @@ from app.domain import events as ev
 from app.domain.events import UpcasterRegistry
 from app.domain.projections import fold_request
 from app.store.engine import Engines
+from app.store.hub import Hub
 from app.store.log import (
     ActiveLimitReached,
     DuplicateRequest,
@@ -186,6 +187,33 @@ async def test_a_lagging_subscriber_refills_from_the_log(engines: Engines) -> No
             while not sub.finished:
                 seqs.extend(c.event.seq for c in await sub.next(5.0))
         assert seqs == list(range(1, 14))
+    finally:
+        await log.close()
+
+
+@pytest.mark.parametrize("tail_events", [2, 128])
+async def test_a_subscriber_joining_mid_stream_gets_each_event_once(
+    engines: Engines, tail_events: int
+) -> None:
+    # With a tail of 2, what the subscriber missed is older than the hub keeps: it comes
+    # from the database; with 128 it comes from memory. Either way the stream is exact.
+    log = EventLog(engines, hub=Hub(tail_events=tail_events))
+    await log.start()
+    try:
+        rid = await create(log)
+        for n in range(5):
+            await log.append(rid, [ev.ResponseChunk(delta=str(n))])
+        cached = log.hub.tail(rid, 3)
+        assert (cached is None) == (tail_events == 2)
+        with log.subscribe(rid, after=3) as sub:
+            seqs = [c.event.seq for c in await sub.next(5.0)]
+            await log.append(rid, [ev.ResponseChunk(delta="late"), ev.Complete(content="")])
+            while not sub.finished:
+                seqs.extend(c.event.seq for c in await sub.next(5.0))
+        assert seqs == [4, 5, 6, 7, 8, 9]
+        assert log.hub.tail(rid, 0) is None, "the tail goes with the terminal event"
+        with log.subscribe(rid, after=7) as sub:
+            assert [c.event.seq for c in await sub.next(5.0)] == [8, 9]
     finally:
         await log.close()
 

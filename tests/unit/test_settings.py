@@ -27,11 +27,20 @@ def test_values_are_typed() -> None:
         {"GENSTREAM_PROVIDER": "magic"},
         {"GENSTREAM_RUNNERS": "0"},
         {"GENSTREAM_SQLITE_SYNCHRONOUS": "SOMETIMES"},
+        {"GENSTREAM_GC_THRESHOLD": "700,10"},
+        {"GENSTREAM_GC_THRESHOLD": "700,0,10"},
+        {"GENSTREAM_GC_THRESHOLD": "lots"},
+        {"GENSTREAM_SHED_LAG_MS": "-1"},
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError, match="GENSTREAM_"):
         Settings.from_env(env)
+
+
+def test_gc_thresholds_are_three_integers() -> None:
+    assert Settings.from_env({}).gc_thresholds == (100_000, 20, 100)
+    assert Settings.from_env({"GENSTREAM_GC_THRESHOLD": "700,10,10"}).gc_thresholds == (700, 10, 10)
 
 
 def test_sqlite_path() -> None:

@@ -1,0 +1,61 @@
+"""The hub's stream tails: what a connecting subscriber can be served from memory."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from app.domain.events import StoredEvent
+from app.store.hub import Hub
+
+AT = datetime(2026, 11, 21, tzinfo=UTC)
+
+
+def event(rid: str, seq: int, type_: str = "response_chunk") -> StoredEvent:
+    return StoredEvent(id=seq, request_id=rid, seq=seq, type=type_, at=AT, data=b"{}")
+
+
+def seqs(items: object) -> list[int]:
+    assert isinstance(items, list)
+    return [item.event.seq for item in items]
+
+
+def test_a_tail_starts_at_created_and_serves_any_resume_point() -> None:
+    hub = Hub()
+    hub.publish([event("a", 1, "created"), event("a", 2), event("a", 3)])
+    assert seqs(hub.tail("a", 0)) == [1, 2, 3]
+    assert seqs(hub.tail("a", 2)) == [3]
+    assert hub.tail("a", 3) == []
+    assert hub.tail("b", 0) is None, "no tail for a stream this process never saw created"
+
+
+def test_a_tail_keeps_only_its_latest_events() -> None:
+    hub = Hub(tail_events=2)
+    hub.publish([event("a", n, "created" if n == 1 else "response_chunk") for n in (1, 2, 3)])
+    assert hub.tail("a", 0) is None, "seq 1 is gone: the database must serve it"
+    assert seqs(hub.tail("a", 1)) == [2, 3]
+
+
+def test_a_gap_or_the_terminal_event_drops_the_tail() -> None:
+    hub = Hub()
+    hub.publish([event("a", 1, "created"), event("a", 3)])
+    assert hub.tail("a", 0) is None
+    hub.publish([event("b", 1, "created"), event("b", 2), event("b", 3, "complete")])
+    assert hub.tail("b", 0) is None
+
+
+def test_another_nodes_commit_drops_the_tail() -> None:
+    hub = Hub()
+    hub.publish([event("a", 1, "created"), event("a", 2)])
+    hub.poke("a", 2)
+    assert seqs(hub.tail("a", 0)) == [1, 2], "our own commit's notification changes nothing"
+    hub.poke("a", 3)
+    assert hub.tail("a", 0) is None
+
+
+def test_the_oldest_tails_go_first_past_the_cap() -> None:
+    hub = Hub(tails=2)
+    for rid in ("a", "b", "c"):
+        hub.publish([event(rid, 1, "created")])
+    assert hub.tail("a", 0) is None
+    assert seqs(hub.tail("b", 0)) == [1]
+    assert seqs(hub.tail("c", 0)) == [1]
