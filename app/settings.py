@@ -64,7 +64,8 @@ class Settings:
     rate_per_minute: int = 30
     """New requests one user may create per mode in any 60 seconds (429 beyond)."""
     shed_lag_ms: float = 50.0
-    """New requests get 429 while the event loop runs this late on average (0 = never)."""
+    """New requests get 429 while the event loop, or the log's commits, run this late on
+    average (0 = never)."""
     jwt_secret: str = field(default="", repr=False)
     """HS256 secret for bearer tokens; empty = local mode (one user, loopback only)."""
     stream_token_ttl_s: float = 600.0

@@ -31,6 +31,7 @@ from app.api.problems import (
 )
 from app.api.requests import RequestController
 from app.api.services import ApiLimits, Services
+from app.api.shedding import shed_new_generations
 from app.api.static import static_router
 from app.api.stream import StreamController
 from app.api.tracks import track_content
@@ -128,7 +129,7 @@ def build_services(settings: Settings) -> Services:
             model=settings.model,
         ),
         migrations_head=migrations_head(),
-        shedder=LoadShedder(settings.shed_lag_ms / 1000.0),
+        shedder=LoadShedder(settings.shed_lag_ms / 1000.0, write_delay_s=event_log.write_delay_s),
         jwt_secret=settings.jwt_secret,
         stream_token_ttl=timedelta(seconds=settings.stream_token_ttl_s),
     )
@@ -213,7 +214,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             RecursionError: nesting_error_handler,
             Exception: internal_error_handler,
         },
-        middleware=[DefineMiddleware(AuthMiddleware, secret=settings.jwt_secret)],
+        # Shedding first: past saturation a refusal must cost less than the work it refuses.
+        middleware=[
+            shed_new_generations,
+            DefineMiddleware(AuthMiddleware, secret=settings.jwt_secret),
+        ],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="genstream",

@@ -81,9 +81,9 @@ async def metrics(request: Request[Any, Any, State], state: State) -> Response[s
         {"": await svc.queue.depth()},
     )
     metric(
-        "genstream_loop_lag_seconds",
+        "genstream_lag_seconds",
         "gauge",
-        "How late the event loop runs a timer, smoothed: the saturation signal.",
+        "How far behind the process runs (event-loop lag or log write delay), smoothed.",
         {"": round(svc.shedder.gauge.lag_s, 6)},
     )
     metric(

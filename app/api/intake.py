@@ -113,15 +113,6 @@ async def accept(
         max_active=svc.limits.max_active_per_user,
         max_per_minute=svc.limits.rate_per_minute,
     )
-    if svc.shedder.saturated:
-        svc.shedder.refuse()
-        raise ProblemError(
-            429,
-            "overloaded",
-            "the service is at capacity and is finishing the generations it has; "
-            "retry after the Retry-After delay",
-            headers={"Retry-After": "1"},
-        )
     try:
         events = await svc.log.create(
             new,

@@ -1,9 +1,11 @@
 """Load shedding: past saturation, new generations get 429 and running streams keep pace.
 
-A process serving SSE from one event loop is saturated when its loop falls behind: every
-callback, and so every stream, every commit and every POST, runs late by the same amount.
-Admitting more work then slows everyone down. So the process measures how late a short
-timer fires (the loop's lag), smooths it, and while the smoothed lag is past a threshold,
+A process serving SSE is saturated when it falls behind, in one of two places: its event
+loop (every callback, so every stream, commit and POST, runs late by the same amount) or
+its log writer (appends wait longer and longer for their commit, which every stream's
+next event waits for). Admitting more work then slows everyone down. So every 25 ms the
+process takes the larger of how late its timer fired (the loop's lag) and how long the
+appends being committed have waited, smooths it, and while that is past a threshold,
 and for a second after, it refuses new generations with 429 and ``Retry-After: 1``,
 leaving the streams it has room to finish. The second's hold keeps it from flapping on
 every tick and matches what it tells clients.
@@ -14,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
 @dataclass(slots=True)
 class LagGauge:
-    """The loop's smoothed lag, and whether it says the process is saturated (pure)."""
+    """The smoothed delay (loop lag or write delay), and whether it means saturation (pure)."""
 
     threshold_s: float
     """Saturated above this smoothed lag; 0 turns shedding off."""
@@ -31,7 +34,7 @@ class LagGauge:
     _until: float = float("-inf")
 
     def observe(self, lag_s: float, now: float) -> None:
-        """Fold in one measurement, taken at ``now`` (monotonic), of how late a timer fired."""
+        """Fold in one measurement, taken at ``now`` (monotonic), of how far behind it runs."""
         self.lag_s += self.smoothing * (max(0.0, lag_s) - self.lag_s)
         if self.threshold_s > 0 and self.lag_s > self.threshold_s:
             self._until = now + self.hold_s
@@ -42,11 +45,18 @@ class LagGauge:
 
 
 class LoadShedder:
-    """Measures the event loop's lag in the background; ``saturated`` says when to shed."""
+    """Measures how far behind the process runs; ``saturated`` says when to shed."""
 
-    def __init__(self, threshold_s: float, *, tick_s: float = 0.025) -> None:
+    def __init__(
+        self,
+        threshold_s: float,
+        *,
+        write_delay_s: Callable[[], float] = lambda: 0.0,
+        tick_s: float = 0.025,
+    ) -> None:
         self.gauge = LagGauge(threshold_s=threshold_s)
         self.tick_s = tick_s
+        self._write_delay_s = write_delay_s
         self.shed = 0
         """Requests refused because the process was saturated."""
         self._task: asyncio.Task[None] | None = None
@@ -78,4 +88,4 @@ class LoadShedder:
             started = time.monotonic()
             await asyncio.sleep(self.tick_s)
             now = time.monotonic()
-            self.gauge.observe(now - started - self.tick_s, now)
+            self.gauge.observe(max(now - started - self.tick_s, self._write_delay_s()), now)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -142,6 +143,7 @@ class _Append:
     payloads: Sequence[Payload]
     new: NewRequest | None
     done: asyncio.Future[list[StoredEvent]] = field(repr=False)
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 _STOP = object()
@@ -175,6 +177,7 @@ class EventLog:
         self._batch_max = batch_max
         self._queue: asyncio.Queue[_Append | object] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._committing_since: float | None = None
         self.stats = LogStats()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -190,6 +193,12 @@ class EventLog:
             self._queue.put_nowait(_STOP)
             await self._writer
             self._writer = None
+
+    def write_delay_s(self) -> float:
+        """How long the appends being committed now have waited (0 when the writer is idle):
+        how far behind durability is running."""
+        since = self._committing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -241,7 +250,11 @@ class EventLog:
                 assert isinstance(item, _Append)
                 batch.append(item)
             if batch:
-                await self._commit_batch(batch)
+                self._committing_since = batch[0].queued_at
+                try:
+                    await self._commit_batch(batch)
+                finally:
+                    self._committing_since = None
 
     async def _commit_batch(self, batch: list[_Append]) -> None:
         try:

@@ -117,6 +117,12 @@ async def test_read_model_is_updated_with_its_events(log: EventLog) -> None:
     assert record.status == "failed" and record.user_id == "ana"
 
 
+async def test_an_idle_writer_is_not_behind(log: EventLog) -> None:
+    rid = await create(log)
+    await log.append(rid, [ev.ResponseChunk(delta="x")])
+    assert log.write_delay_s() == 0.0
+
+
 async def test_concurrent_appends_are_group_committed(log: EventLog) -> None:
     ids = [await create(log) for _ in range(20)]
     commits_before = log.stats.commits

@@ -143,6 +143,9 @@ async def test_a_saturated_service_sheds_new_requests_and_keeps_its_streams(
         assert refused.status_code == 429
         assert refused.headers["Retry-After"] == "1"
         assert refused.json()["type"].endswith("/overloaded")
+        # Refused at the edge, before the body is even read: the one-shot endpoint too.
+        refused = await client.post("/assistant/generate", content=b"not even JSON")
+        assert refused.status_code == 429
         # What it already accepted goes on to its end.
         read = await read_stream(client, f"/assistant/stream/{running['request_id']}")
         assert_well_formed(read.events)
@@ -155,4 +158,4 @@ async def test_a_saturated_service_sheds_new_requests_and_keeps_its_streams(
             await asyncio.sleep(0.05)
         assert again.status_code == 201
         metrics = (await client.get("/metrics")).text
-        assert "genstream_shed_total 1" in metrics
+        assert "genstream_shed_total 2" in metrics

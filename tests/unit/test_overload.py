@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from app.api.overload import LagGauge
+import asyncio
+
+import pytest
+
+from app.api.overload import LagGauge, LoadShedder
 
 
 def test_a_sustained_lag_past_the_threshold_saturates_for_the_hold_time() -> None:
@@ -47,3 +51,17 @@ def test_a_timer_firing_early_counts_as_no_lag() -> None:
     gauge = LagGauge(threshold_s=0.05)
     gauge.observe(-0.001, now=0.0)
     assert gauge.lag_s == 0.0
+
+
+@pytest.mark.anyio
+async def test_a_writer_falling_behind_saturates_even_when_the_loop_keeps_time() -> None:
+    shedder = LoadShedder(0.05, write_delay_s=lambda: 0.5, tick_s=0.001)
+    await shedder.start()
+    try:
+        for _ in range(2_000):
+            if shedder.saturated:
+                break
+            await asyncio.sleep(0.001)
+        assert shedder.saturated
+    finally:
+        await shedder.stop()
