@@ -338,6 +338,18 @@ def test_shedding_holds_when_a_saturated_service_refuses_and_keeps_its_streams_f
     assert shedding.measured == "120 POSTs refused with 429, p99 40.0 ms"
 
 
+def test_shedding_fails_when_refusing_does_not_keep_the_streams_fast() -> None:
+    service = _result("service", 500, 240)
+    service.post_statuses = {201: 400, 429: 120}
+    checks = {c.target: c for c in report.evaluate(service, None)}
+    assert checks["past saturation: 429, and streams keep pace"].holds is False
+
+
+def test_a_fast_service_that_never_refused_is_not_past_saturation() -> None:
+    checks = {c.target: c for c in report.evaluate(_result("service", 500, 40), None)}
+    assert checks["past saturation: 429, and streams keep pace"].holds is None
+
+
 def test_the_generated_block_replaces_only_itself(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     block = report.generated_block(
