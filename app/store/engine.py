@@ -36,8 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from app.store.tables import events
 
 T = TypeVar("T")
 
@@ -122,6 +124,31 @@ class Engines:
         """Order this group commit after every other node's (see the module docstring)."""
         if self.shared:
             conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
+
+    def insert_events(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert event rows (``request_id, seq, type, v, data, at``); their ids, in order.
+
+        SQLite: one ``executemany`` of a prepared statement, run by the driver's C loop,
+        and the ids computed rather than returned. The transaction holds the database's
+        write lock, so the rows take consecutive rowids ending at ``last_insert_rowid()``.
+        Elsewhere: a Core ``INSERT ... RETURNING``.
+        """
+        if not rows:
+            return []
+        if self.shared:
+            statement = insert(events).returning(events.c.id, sort_by_parameter_order=True)
+            return [row[0] for row in conn.execute(statement, rows)]
+        stamp = events.c.at.type.bind_processor(conn.dialect)
+        assert stamp is not None
+        conn.exec_driver_sql(
+            "INSERT INTO events (request_id, seq, type, v, data, at) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (r["request_id"], r["seq"], r["type"], r["v"], r["data"], stamp(r["at"]))
+                for r in rows
+            ],
+        )
+        last = int(conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
+        return list(range(last - len(rows) + 1, last + 1))
 
     def notify_appended(self, conn: Connection, last_seqs: dict[str, int]) -> None:
         """Tell the other nodes which streams grew (delivered when the transaction commits)."""

@@ -357,13 +357,7 @@ class EventLog:
             spans.append((start, len(event_rows)))
         if new_rows:
             conn.execute(insert(requests), new_rows)
-        ids: list[int] = []
-        if event_rows:
-            result = conn.execute(
-                insert(events).returning(events.c.id, sort_by_parameter_order=True),
-                event_rows,
-            )
-            ids = [row[0] for row in result]
+        ids = self._engines.insert_events(conn, event_rows)
         touched = [
             {"b_id": rid, "b_seq": s.last_seq, "b_status": s.status, "b_at": at}
             for rid, s in state.items()

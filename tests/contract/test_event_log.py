@@ -117,6 +117,18 @@ async def test_read_model_is_updated_with_its_events(log: EventLog) -> None:
     assert record.status == "failed" and record.user_id == "ana"
 
 
+async def test_the_ids_an_append_returns_are_the_stored_ones(log: EventLog) -> None:
+    rids = [await create(log) for _ in range(3)]
+    batches = await asyncio.gather(
+        *(log.append(rid, [ev.ResponseChunk(delta=str(n)) for n in range(4)]) for rid in rids)
+    )
+    for rid, returned in zip(rids, batches, strict=True):
+        stored = await log.read(rid, after=2)
+        assert [(e.id, e.seq, e.at) for e in returned] == [(e.id, e.seq, e.at) for e in stored]
+    ids = sorted(e.id for batch in batches for e in batch)
+    assert len(set(ids)) == 12
+
+
 async def test_an_idle_writer_is_not_behind(log: EventLog) -> None:
     rid = await create(log)
     await log.append(rid, [ev.ResponseChunk(delta="x")])
