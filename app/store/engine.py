@@ -33,13 +33,24 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from app.store.tables import events
+from app.store.tables import events, requests
 
 T = TypeVar("T")
 
@@ -149,6 +160,38 @@ class Engines:
         )
         last = int(conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
         return list(range(last - len(rows) + 1, last + 1))
+
+    def update_heads(
+        self, conn: Connection, heads: dict[str, tuple[int, str]], at: datetime
+    ) -> None:
+        """Set each request's ``last_seq`` and ``status`` (and ``updated_at``) in the read model.
+
+        SQLite: one ``executemany`` of a prepared statement, as for the events themselves.
+        """
+        if not heads:
+            return
+        if self.shared:
+            conn.execute(
+                update(requests)
+                .where(requests.c.request_id == bindparam("b_id"))
+                .values(
+                    last_seq=bindparam("b_seq"),
+                    status=bindparam("b_status"),
+                    updated_at=bindparam("b_at"),
+                ),
+                [
+                    {"b_id": rid, "b_seq": seq, "b_status": status, "b_at": at}
+                    for rid, (seq, status) in heads.items()
+                ],
+            )
+            return
+        stamp = requests.c.updated_at.type.bind_processor(conn.dialect)
+        assert stamp is not None
+        when = stamp(at)
+        conn.exec_driver_sql(
+            "UPDATE requests SET last_seq = ?, status = ?, updated_at = ? WHERE request_id = ?",
+            [(seq, status, when, rid) for rid, (seq, status) in heads.items()],
+        )
 
     def notify_appended(self, conn: Connection, last_seqs: dict[str, int]) -> None:
         """Tell the other nodes which streams grew (delivered when the transaction commits)."""

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Integer, Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Integer, Row, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from app.domain.events import (
@@ -358,25 +358,9 @@ class EventLog:
         if new_rows:
             conn.execute(insert(requests), new_rows)
         ids = self._engines.insert_events(conn, event_rows)
-        touched = [
-            {"b_id": rid, "b_seq": s.last_seq, "b_status": s.status, "b_at": at}
-            for rid, s in state.items()
-            if s.touched
-        ]
-        self._engines.notify_appended(
-            conn, {rid: s.last_seq for rid, s in state.items() if s.touched}
-        )
-        if touched:
-            conn.execute(
-                update(requests)
-                .where(requests.c.request_id == bindparam("b_id"))
-                .values(
-                    last_seq=bindparam("b_seq"),
-                    status=bindparam("b_status"),
-                    updated_at=bindparam("b_at"),
-                ),
-                touched,
-            )
+        heads = {rid: (s.last_seq, s.status) for rid, s in state.items() if s.touched}
+        self._engines.notify_appended(conn, {rid: seq for rid, (seq, _) in heads.items()})
+        self._engines.update_heads(conn, heads, at)
         return outcomes, spans, written, ids
 
     # --- reads ----------------------------------------------------------------------------
