@@ -1,9 +1,11 @@
 """Refusing new generations while the process is saturated, before any work is spent on them.
 
 While the load shedder (``api/overload.py``) says the process is saturated, a POST that
-would start a generation is answered 429 ``overloaded`` here, at the edge: no routing,
-authentication, body parsing or database read. Under overload, clients retry every
-second or so; each refusal must cost next to nothing, or refusing becomes the load.
+would start a generation is answered 429 ``overloaded`` here, the first middleware after
+routing: no authentication, body parsing or database read. Under overload, clients
+retry every second or so; each refusal must cost next to nothing, or refusing becomes
+the load. So an unauthenticated POST gets 429 rather than 401 while the process sheds:
+it learns only that the service is busy, and its retry gets the 401.
 """
 
 from __future__ import annotations

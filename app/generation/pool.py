@@ -148,8 +148,10 @@ class RunnerPool:
                 # A done callback, not a finally: it also runs for a task cancelled before
                 # it ever started.
                 task.add_done_callback(functools.partial(self._finished, claim.request_id))
-            if len(claims) < wanted:
+            if not claims:
                 # The queue is empty (for this node): wait for new work or the next poll.
+                # (A short batch claims again at once: on PostgreSQL, rows other nodes
+                # held locked were skipped, not missing.)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll):
                         await self._work.wait()

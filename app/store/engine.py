@@ -108,7 +108,13 @@ class Engines:
     threads: SQLiteThreads | None = field(default=None)
 
     async def transact(self, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in one write transaction and return what it returns."""
+        """Run ``fn`` in one write transaction and return what it returns.
+
+        On SQLite, cancelling the caller does not stop the transaction: it commits (or
+        fails) on its thread all the same. Callers that must know the outcome (the log's
+        writer) are never cancelled; a claim cut short by shutdown is released at the
+        next start, like any unstarted claim.
+        """
         if self.threads is not None:
             return await self.threads.transact(fn)
         async with self.write.begin() as conn:

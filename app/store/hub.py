@@ -8,7 +8,8 @@ The hub also keeps the tail of each stream this process is writing: its latest c
 events, from ``created`` on, while it runs. A client connecting or resuming mid-stream
 gets its backlog from there instead of the database, as long as the tail still reaches
 back to what the client last saw. A tail is dropped at the terminal event, when it has a
-gap (another node appended), and, oldest first, past a cap on their number.
+gap (another node appended), and, oldest first, past a cap on their number; while a
+NOTIFY has announced a seq the tail does not have yet, it serves no one.
 """
 
 from __future__ import annotations
@@ -87,6 +88,25 @@ class Mailbox:
         self._wakeup.set()
 
 
+class _Tail:
+    """A stream's latest committed events, and the highest seq a NOTIFY announced."""
+
+    __slots__ = ("announced", "items")
+
+    def __init__(self, first: Committed, limit: int) -> None:
+        self.items: deque[Committed] = deque([first], maxlen=limit)
+        self.announced = 0
+
+    @property
+    def last_seq(self) -> int:
+        return self.items[-1].event.seq
+
+    @property
+    def behind(self) -> bool:
+        """Whether a commit was announced that the tail does not hold (yet)."""
+        return self.announced > self.last_seq
+
+
 class Hub:
     """Routes committed events to the mailboxes registered for their request."""
 
@@ -95,7 +115,7 @@ class Hub:
     ) -> None:
         self._boxes: defaultdict[str, set[Mailbox]] = defaultdict(set)
         self._limit = mailbox_limit
-        self._tails: dict[str, deque[Committed]] = {}
+        self._tails: dict[str, _Tail] = {}
         self._tail_events = tail_events
         self._max_tails = tails
 
@@ -103,9 +123,9 @@ class Hub:
         """The committed events of ``request_id`` after ``after``, if the tail has them all;
         None when the database must be read."""
         tail = self._tails.get(request_id)
-        if not tail or tail[0].event.seq > after + 1:
+        if tail is None or tail.behind or tail.items[0].event.seq > after + 1:
             return None
-        return [item for item in tail if item.event.seq > after]
+        return [item for item in tail.items if item.event.seq > after]
 
     def register(self, request_id: str) -> Mailbox:
         """A new mailbox for ``request_id``; register it *before* reading the backlog."""
@@ -134,19 +154,20 @@ class Hub:
         event, tails = item.event, self._tails
         tail = tails.get(event.request_id)
         if event.seq == 1:
-            tails[event.request_id] = deque([item], maxlen=self._tail_events)
+            tails[event.request_id] = _Tail(item, self._tail_events)
             if len(tails) > self._max_tails:
                 del tails[next(iter(tails))]
-        elif tail is not None and tail[-1].event.seq + 1 == event.seq and not event.terminal:
-            tail.append(item)
+        elif tail is not None and tail.last_seq + 1 == event.seq and not event.terminal:
+            tail.items.append(item)
         elif tail is not None:
-            del tails[event.request_id]
+            del tails[event.request_id]  # a gap (another node appended), or the end
 
     def poke(self, request_id: str, seq: int) -> None:
-        """A commit elsewhere reached ``seq`` on ``request_id`` (a NOTIFY from PostgreSQL)."""
+        """A commit reached ``seq`` on ``request_id`` (a NOTIFY from PostgreSQL: another
+        node's commit, or this node's own, which may arrive before its events do)."""
         tail = self._tails.get(request_id)
-        if tail and seq > tail[-1].event.seq:
-            del self._tails[request_id]  # another node appended: the tail has a gap
+        if tail is not None:
+            tail.announced = max(tail.announced, seq)
         for box in self._boxes.get(request_id, ()):
             box.poke(seq)
 

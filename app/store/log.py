@@ -153,6 +153,7 @@ _Written = tuple[
     list[tuple[int, int]],  # per append: its span of the written events
     list[tuple[str, int, str, bytes]],  # written events: request ID, seq, type, payload
     list[int],  # their ids
+    datetime,  # their commit's timestamp
 ]
 
 
@@ -292,9 +293,8 @@ class EventLog:
         _settle(item, outcome)
 
     async def _commit(self, batch: list[_Append]) -> list[list[StoredEvent] | Exception]:
-        at = utcnow()
-        outcomes, spans, written, ids = await self._engines.transact(
-            lambda conn: self._write(conn, batch, at)
+        outcomes, spans, written, ids, at = await self._engines.transact(
+            lambda conn: self._write(conn, batch)
         )
         self.stats.commits += 1
         self.stats.events += len(written)
@@ -311,8 +311,9 @@ class EventLog:
                 ]
         return outcomes
 
-    def _write(self, conn: Connection, batch: list[_Append], at: datetime) -> _Written:
+    def _write(self, conn: Connection, batch: list[_Append]) -> _Written:
         """The group commit's statements, in its one transaction (on the database's thread)."""
+        at = utcnow()  # taken once the transaction holds the write lock
         self._engines.serialize_appends(conn)
         state = _load_state(conn, {i.request_id for i in batch if i.new is None})
         # Admission checks run here, inside the write transaction, so that concurrent
@@ -361,7 +362,7 @@ class EventLog:
         heads = {rid: (s.last_seq, s.status) for rid, s in state.items() if s.touched}
         self._engines.notify_appended(conn, {rid: seq for rid, (seq, _) in heads.items()})
         self._engines.update_heads(conn, heads, at)
-        return outcomes, spans, written, ids
+        return outcomes, spans, written, ids, at
 
     # --- reads ----------------------------------------------------------------------------
 

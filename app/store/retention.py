@@ -15,8 +15,12 @@ from app.store.engine import Engines
 from app.store.tables import events, purged_requests, requests
 
 
-async def purge_ended_before(engines: Engines, cutoff: datetime, *, batch: int = 500) -> int:
-    """Delete requests that ended before ``cutoff``, with their events; returns how many."""
+async def purge_ended_before(engines: Engines, cutoff: datetime, *, batch: int = 50) -> int:
+    """Delete requests that ended before ``cutoff``, with their events; returns how many.
+
+    In small transactions: they share the one write connection with the group commit,
+    which waits behind each of them (and a long wait would read as saturation).
+    """
 
     def purge_one_batch(conn: Connection) -> int:
         rows = conn.execute(

@@ -43,13 +43,25 @@ def test_a_gap_or_the_terminal_event_drops_the_tail() -> None:
     assert hub.tail("b", 0) is None
 
 
-def test_another_nodes_commit_drops_the_tail() -> None:
+def test_a_tail_serves_no_one_while_a_notify_is_ahead_of_it() -> None:
     hub = Hub()
     hub.publish([event("a", 1, "created"), event("a", 2)])
     hub.poke("a", 2)
-    assert seqs(hub.tail("a", 0)) == [1, 2], "our own commit's notification changes nothing"
+    assert seqs(hub.tail("a", 0)) == [1, 2], "a notification of what it holds changes nothing"
     hub.poke("a", 3)
+    assert hub.tail("a", 0) is None, "seq 3 was committed; the tail does not have it"
+    hub.publish([event("a", 3)])
+    assert seqs(hub.tail("a", 1)) == [2, 3], "our own commit's events arrived after its NOTIFY"
+
+
+def test_another_nodes_commit_leaves_a_gap_that_drops_the_tail() -> None:
+    hub = Hub()
+    hub.publish([event("a", 1, "created"), event("a", 2)])
+    hub.poke("a", 3)  # another node's seq 3
+    hub.publish([event("a", 4)])  # then ours
     assert hub.tail("a", 0) is None
+    hub.publish([event("a", 5)])
+    assert hub.tail("a", 0) is None, "a dropped tail is not restarted mid-stream"
 
 
 def test_the_oldest_tails_go_first_past_the_cap() -> None:
