@@ -394,15 +394,7 @@ class EventLog:
     async def track_fields(self, user_id: str, track_id: str) -> list[StoredEvent]:
         """The ``created`` and ``action`` events of a user's field requests in a track."""
         query = (
-            select(
-                events.c.id,
-                events.c.request_id,
-                events.c.seq,
-                events.c.type,
-                events.c.v,
-                events.c.data,
-                events.c.at,
-            )
+            select(events.c.request_id, *EVENT_COLUMNS)
             .join(requests, requests.c.request_id == events.c.request_id)
             .where(
                 requests.c.user_id == user_id,
@@ -509,8 +501,11 @@ class Subscription:
 # --- helpers ------------------------------------------------------------------------------
 
 # The statements every stream runs, built once: building one costs more than running it.
+EVENT_COLUMNS = (events.c.id, events.c.seq, events.c.type, events.c.v, events.c.data, events.c.at)
+"""What ``stored_event`` reads from a row of the events table."""
+
 _READ = (
-    select(events.c.id, events.c.seq, events.c.type, events.c.v, events.c.data, events.c.at)
+    select(*EVENT_COLUMNS)
     .where(events.c.request_id == bindparam("rid"), events.c.seq > bindparam("after"))
     .order_by(events.c.seq)
 )

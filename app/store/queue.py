@@ -15,7 +15,7 @@ from sqlalchemy import Connection, func, select, update
 
 from app.domain.events import UPCASTERS, StoredEvent, UpcasterRegistry, utcnow
 from app.store.engine import Engines
-from app.store.log import stored_event
+from app.store.log import EVENT_COLUMNS, stored_event
 from app.store.tables import events, requests
 
 
@@ -78,15 +78,9 @@ class WorkQueue:
                 return []
             ids = [str(r[0]) for r in leased]
             rows = conn.execute(
-                select(
-                    events.c.id,
-                    events.c.request_id,
-                    events.c.seq,
-                    events.c.type,
-                    events.c.v,
-                    events.c.data,
-                    events.c.at,
-                ).where(events.c.request_id.in_(ids), events.c.seq == 1)
+                select(events.c.request_id, *EVENT_COLUMNS).where(
+                    events.c.request_id.in_(ids), events.c.seq == 1
+                )
             )
             first = {str(row.request_id): row for row in rows}
             return [
