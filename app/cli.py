@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +38,7 @@ from app.store.engine import Engines, create_engines
 from app.store.integrity import check
 from app.store.log import EventLog
 from app.store.retention import purge_ended_before
+from app.supervisor import WORKER_FD, supervise
 
 BAR_WIDTH = 24
 
@@ -56,8 +59,11 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(settings: Settings) -> None:
-    """Run the HTTP service until interrupted."""
+def serve(settings: Settings) -> int:
+    """Run the HTTP service until interrupted; with several workers, supervise them."""
+    inherited = os.environ.get(WORKER_FD)
+    if settings.workers > 1 and inherited is None:
+        return supervise(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -73,7 +79,9 @@ def serve(settings: Settings) -> None:
         access_log=False,
     )
     tune_gc(settings.gc_thresholds)
-    _Server(config).run()
+    sockets = None if inherited is None else [socket.socket(fileno=int(inherited))]
+    _Server(config).run(sockets=sockets)
+    return 0
 
 
 def tune_gc(thresholds: tuple[int, int, int]) -> None:
@@ -338,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ttl <= 0:
             parser.error("--ttl must be positive")
         return token(settings, args.user, admin=args.admin, ttl_s=args.ttl, out=sys.stdout)
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 if __name__ == "__main__":

@@ -51,8 +51,13 @@ class Settings:
     """First retry delay; it doubles with each retry."""
     demo_token_delay_ms: float = 15.0
     """Pause between tokens of the demo model."""
+    workers: int = 1
+    """Processes ``genstream serve`` runs, each serving HTTP and running generations on one
+    shared database (one Python process uses about one core)."""
+    peer_dir: str = ""
+    """Set by ``genstream serve`` for its worker processes: where they reach each other."""
     runners: int = 8
-    """Generations run concurrently by this process."""
+    """Generations run concurrently by each worker process."""
     flush_interval_ms: float = 50.0
     """Model deltas are coalesced into one event per interval..."""
     flush_max_chars: int = 2_048
@@ -188,6 +193,13 @@ class Settings:
             )
         if self.jwt_secret and len(self.jwt_secret) < 32:
             raise SettingsError("GENSTREAM_JWT_SECRET must be at least 32 characters")
+        if not 1 <= self.workers <= 64:
+            raise SettingsError("GENSTREAM_WORKERS must be between 1 and 64")
+        if self.workers > 1 and self.database_url.startswith("sqlite") and not self.sqlite_path:
+            raise SettingsError(
+                "GENSTREAM_WORKERS above 1 needs a database file (or PostgreSQL): worker "
+                "processes cannot share an in-memory SQLite database"
+            )
         for name in (
             "runners",
             "max_active_per_user",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,6 +46,7 @@ from app.settings import Settings
 from app.store.engine import create_engines
 from app.store.log import EventLog
 from app.store.notify import CommitListener
+from app.store.peers import PeerLink
 from app.store.queue import WorkQueue
 from app.store.retention import purge_ended_before
 
@@ -55,6 +57,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 class SchemaNotReady(RuntimeError):
     """The database schema is not the one this code was written for."""
+
+
+def started_marker(peer_dir: Path, pid: int) -> Path:
+    """The file a worker creates once it serves (``genstream serve`` with several workers):
+    one that exits on its own before it exists failed to start."""
+    return peer_dir / f"{pid}.started"
 
 
 def migrations_head() -> str | None:
@@ -90,6 +98,7 @@ def build_services(settings: Settings) -> Services:
         settings.database_url,
         sqlite_synchronous=settings.sqlite_synchronous,
         sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        sqlite_workers=bool(settings.peer_dir),
     )
     event_log = EventLog(
         engines, batch_max=settings.commit_batch_max, poll_s=settings.poll_interval_s
@@ -166,13 +175,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
             log.error(message)
             raise SchemaNotReady(message)
         listener = (
-            CommitListener(settings.database_url, svc.log.hub) if svc.engines.shared else None
+            CommitListener(settings.database_url, svc.log.hub) if svc.engines.postgres else None
         )
         if listener is not None:
             await listener.start()
+        if settings.peer_dir and not svc.engines.postgres:
+            svc.peers = PeerLink(Path(settings.peer_dir), svc.log.hub, on_created=svc.pool.notify)
+            svc.log.forward = svc.peers.send
+            await svc.peers.start()
         await svc.log.start()
         await svc.pool.start()
         await svc.shedder.start()
+        if settings.peer_dir:  # (tells the supervisor this worker started)
+            started_marker(Path(settings.peer_dir), os.getpid()).touch()
         retention = (
             asyncio.create_task(
                 purge_periodically(svc, settings.retention_s, settings.retention_interval_s),
@@ -192,6 +207,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await svc.pool.stop(grace_s=settings.shutdown_grace_s)
             await svc.provider.aclose()
             await svc.log.close()
+            if svc.peers is not None:
+                await svc.peers.close()
             if listener is not None:
                 await listener.close()
             await svc.engines.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from litestar import Request, Response, get
@@ -11,6 +12,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from app.api.problems import ProblemError, problem_specs
 from app.api.schemas import Health
 from app.api.services import principal, services
+from app.store.peers import PeerStats
 
 
 @get("/health", tags=["operations"], summary="Liveness")
@@ -97,6 +99,31 @@ async def metrics(request: Request[Any, Any, State], state: State) -> Response[s
         "counter",
         "New requests refused with 429 overloaded because the process was saturated.",
         {"": svc.shedder.shed},
+    )
+    peers = svc.peers.stats if svc.peers is not None else PeerStats()
+    metric(
+        "genstream_worker_info",
+        "gauge",
+        "The worker process that answered this scrape (each worker keeps its own figures).",
+        {f'{{pid="{os.getpid()}"}}': 1},
+    )
+    metric(
+        "genstream_peers",
+        "gauge",
+        "Other worker processes this one ships its commits to.",
+        {"": svc.peers.peers if svc.peers is not None else 0},
+    )
+    metric(
+        "genstream_peer_events_total",
+        "counter",
+        "Events shipped to, and received from, other worker processes.",
+        {'{direction="sent"}': peers.sent, '{direction="received"}': peers.received},
+    )
+    metric(
+        "genstream_peer_dropped_links_total",
+        "counter",
+        "Connections to other workers closed because the worker stopped reading.",
+        {"": peers.dropped_links},
     )
     metric(
         "genstream_runner_active",

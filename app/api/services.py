@@ -19,6 +19,7 @@ from app.generation.providers.base import Provider
 from app.generation.runner import GenerationStats
 from app.store.engine import Engines
 from app.store.log import EventLog, RequestRecord
+from app.store.peers import PeerLink
 from app.store.queue import WorkQueue
 
 
@@ -63,6 +64,8 @@ class Services:
     shedder: LoadShedder
     jwt_secret: str = field(default="", repr=False)
     stream_token_ttl: timedelta = timedelta(minutes=10)
+    peers: PeerLink | None = None
+    """The other worker processes sharing this SQLite file, when there are any."""
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
     streams: StreamStats = field(default_factory=lambda: StreamStats())
 

@@ -8,9 +8,13 @@ write transaction) and ``Engines.query`` (a read):
   hand-off per transaction however many statements it holds. (Through aiosqlite every
   statement costs several hand-offs, each waiting for a turn of a busy event loop: under
   load a 200-event group commit took 200 ms that way, and one statement's worth of CPU
-  this way.) One process owns the file and one thread owns its only write connection, so
-  writers (the group commit, queue claims) queue in the process, never in SQLite's busy
-  handler, which sleeps. WAL journal, ``synchronous``, busy timeout (for other processes,
+  this way.) One thread owns each process's only write connection, so writers (the group
+  commit, queue claims) queue in the process, never in SQLite's busy handler, which
+  sleeps. When several worker processes share the file (``GENSTREAM_WORKERS``), their
+  write threads also take turns on an ``flock`` of ``<file>.write-lock``, which wakes the
+  next writer as soon as the lock is free, so they do not meet in the busy handler
+  either; each commit's events reach the other workers through ``store/peers.py``. WAL
+  journal, ``synchronous``, busy timeout (for other processes,
   such as the CLI), ``BEGIN IMMEDIATE`` for writes: a deferred transaction that reads
   before it writes could fail with SQLITE_BUSY. Reads run in autocommit unless they ask
   for a ``snapshot``.
@@ -30,6 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,8 +66,20 @@ NOTIFY_CHANNEL = "genstream_events"
 class SQLiteThreads:
     """Synchronous SQLite engines driven from worker threads: one writer, a few readers."""
 
-    def __init__(self, url: str, *, synchronous: str, busy_ms: int, readers: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str,
+        busy_ms: int,
+        readers: int = 4,
+        write_lock: Path | None = None,
+    ) -> None:
         sync_url = url.replace("sqlite+aiosqlite:", "sqlite+pysqlite:", 1)
+        # Other processes write to the same file: take turns on this lock file first.
+        self._lock_fd = (
+            None if write_lock is None else os.open(write_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        )
         args = {"check_same_thread": False}
         self.write_engine = create_engine(sync_url, pool_size=1, max_overflow=0, connect_args=args)
         self.read_engine = create_engine(
@@ -76,8 +94,15 @@ class SQLiteThreads:
         """``fn`` in one write transaction, on the write thread."""
 
         def run() -> T:
-            with self.write_engine.begin() as conn:
-                return fn(conn)
+            if self._lock_fd is None:
+                with self.write_engine.begin() as conn:
+                    return fn(conn)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # (releases the GIL while it waits)
+            try:
+                with self.write_engine.begin() as conn:
+                    return fn(conn)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, run)
 
@@ -96,6 +121,9 @@ class SQLiteThreads:
         self._readers.shutdown(wait=True)
         self.write_engine.dispose()
         self.read_engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +134,8 @@ class Engines:
     write: AsyncEngine
     read: AsyncEngine
     threads: SQLiteThreads | None = field(default=None)
+    sqlite_workers: bool = False
+    """Whether several worker processes share this SQLite file."""
 
     async def transact(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in one write transaction and return what it returns.
@@ -133,13 +163,19 @@ class Engines:
         return self.write.dialect.name
 
     @property
-    def shared(self) -> bool:
-        """Whether several processes may use this database at once (PostgreSQL)."""
+    def postgres(self) -> bool:
+        """Whether this is PostgreSQL (else SQLite)."""
         return self.dialect != "sqlite"
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes append to this log too: PostgreSQL nodes, or worker
+        processes sharing one SQLite file."""
+        return self.postgres or self.sqlite_workers
 
     def serialize_appends(self, conn: Connection) -> None:
         """Order this group commit after every other node's (see the module docstring)."""
-        if self.shared:
+        if self.postgres:
             conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
 
     def insert_events(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
@@ -152,7 +188,7 @@ class Engines:
         """
         if not rows:
             return []
-        if self.shared:
+        if self.postgres:
             statement = insert(events).returning(events.c.id, sort_by_parameter_order=True)
             return [row[0] for row in conn.execute(statement, rows)]
         stamp = events.c.at.type.bind_processor(conn.dialect)
@@ -176,7 +212,7 @@ class Engines:
         """
         if not heads:
             return
-        if self.shared:
+        if self.postgres:
             conn.execute(
                 update(requests)
                 .where(requests.c.request_id == bindparam("b_id"))
@@ -201,7 +237,7 @@ class Engines:
 
     def notify_appended(self, conn: Connection, last_seqs: dict[str, int]) -> None:
         """Tell the other nodes which streams grew (delivered when the transaction commits)."""
-        if self.shared and last_seqs:
+        if self.postgres and last_seqs:
             conn.execute(
                 text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
                 {
@@ -214,7 +250,7 @@ class Engines:
     async def snapshot(self) -> AsyncIterator[AsyncConnection]:
         """A read connection whose statements all see the same committed state."""
         async with self.read.connect() as conn:
-            if self.shared:
+            if self.postgres:
                 await conn.execution_options(isolation_level="REPEATABLE READ")
             else:
                 await conn.exec_driver_sql("BEGIN")
@@ -239,20 +275,27 @@ class Engines:
 
 
 def create_engines(
-    url: str, *, sqlite_synchronous: str = "NORMAL", sqlite_busy_timeout_ms: int = 5_000
+    url: str,
+    *,
+    sqlite_synchronous: str = "NORMAL",
+    sqlite_busy_timeout_ms: int = 5_000,
+    sqlite_workers: bool = False,
 ) -> Engines:
-    """Engines for ``url``, tuned for its backend."""
+    """Engines for ``url``, tuned for its backend; ``sqlite_workers`` when this process is
+    one of several worker processes sharing a SQLite file."""
     if not url.startswith("sqlite"):
         engine = create_async_engine(url, pool_pre_ping=True)
         return Engines(write=engine, read=engine)
-    _ensure_parent_dir(url)
+    path = _ensure_parent_dir(url)
     write = create_async_engine(url, pool_size=1, max_overflow=0)
     read = create_async_engine(url, pool_size=8, max_overflow=8)
     sync, busy = sqlite_synchronous, sqlite_busy_timeout_ms
     _configure_sqlite(write.sync_engine, sync, busy, begin="BEGIN IMMEDIATE")
     _configure_sqlite(read.sync_engine, sync, busy, begin=None)
-    threads = SQLiteThreads(url, synchronous=sync, busy_ms=busy)
-    return Engines(write=write, read=read, threads=threads)
+    shared = sqlite_workers and path is not None
+    lock = path.with_name(path.name + ".write-lock") if shared and path else None
+    threads = SQLiteThreads(url, synchronous=sync, busy_ms=busy, write_lock=lock)
+    return Engines(write=write, read=read, threads=threads, sqlite_workers=shared)
 
 
 def _configure_sqlite(engine: Engine, synchronous: str, busy_ms: int, *, begin: str | None) -> None:
@@ -279,7 +322,10 @@ def _configure_sqlite(engine: Engine, synchronous: str, busy_ms: int, *, begin: 
         conn.exec_driver_sql(begin)
 
 
-def _ensure_parent_dir(url: str) -> None:
+def _ensure_parent_dir(url: str) -> Path | None:
+    """The database file's path (its directory created), or None for an in-memory one."""
     path = url.split(":///", 1)[-1].split("?", 1)[0]
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not path or path == ":memory:":
+        return None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Path(path)

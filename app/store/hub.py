@@ -162,6 +162,10 @@ class Hub:
         elif tail is not None:
             del tails[event.request_id]  # a gap (another node appended), or the end
 
+    def forget_tails(self) -> None:
+        """Drop every tail (events may have gone missing on their way to this process)."""
+        self._tails.clear()
+
     def poke(self, request_id: str, seq: int) -> None:
         """A commit reached ``seq`` on ``request_id`` (a NOTIFY from PostgreSQL: another
         node's commit, or this node's own, which may arrive before its events do)."""

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -180,6 +180,8 @@ class EventLog:
         self._writer: asyncio.Task[None] | None = None
         self._committing_since: float | None = None
         self.stats = LogStats()
+        self.forward: Callable[[list[StoredEvent]], None] | None = None
+        """Also gets each commit's events once published here (to other workers)."""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -271,8 +273,7 @@ class EventLog:
             for item in batch:
                 _settle(item, exc)
             return
-        committed = [e for outcome in outcomes if isinstance(outcome, list) for e in outcome]
-        self.hub.publish(committed)
+        self._publish([e for outcome in outcomes if isinstance(outcome, list) for e in outcome])
         for item, outcome in zip(batch, outcomes, strict=True):
             _settle(item, outcome)
 
@@ -289,8 +290,13 @@ class EventLog:
             log.exception("commit of an append to %s failed", item.request_id)
             outcome = exc
         if isinstance(outcome, list):
-            self.hub.publish(outcome)
+            self._publish(outcome)
         _settle(item, outcome)
+
+    def _publish(self, committed: list[StoredEvent]) -> None:
+        self.hub.publish(committed)
+        if self.forward is not None:
+            self.forward(committed)
 
     async def _commit(self, batch: list[_Append]) -> list[list[StoredEvent] | Exception]:
         outcomes, spans, written, ids, at = await self._engines.transact(

@@ -104,9 +104,10 @@ class WorkQueue:
     async def orphaned_running(self, *, at_startup: bool = False) -> list[str]:
         """Requests marked running that no live runner holds.
 
-        On SQLite one process owns the file, so at startup every ``running`` request was
-        left behind by a process that died. With several nodes (PostgreSQL), a request is
-        orphaned once its lease expired: its node stopped renewing it.
+        When one process owns the database (SQLite, one worker), at startup every
+        ``running`` request was left behind by a process that died. With several nodes
+        (PostgreSQL) or worker processes, a request is orphaned once its lease expired:
+        its holder stopped renewing it.
         """
         condition = requests.c.status == "running"
         if self._engines.shared or not at_startup:

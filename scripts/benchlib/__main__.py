@@ -66,6 +66,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--runners", type=int, default=0, help="GENSTREAM_RUNNERS (default: one per stream)"
     )
     parser.add_argument(
+        "--workers", type=int, default=1, help="GENSTREAM_WORKERS: service processes"
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=30.0,
@@ -86,6 +89,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"duration must be 1..{MAX_DURATION_S:g} s; warmup and drain >= 0")
     if not 0 <= args.quiet_wait <= MAX_DURATION_S:
         parser.error(f"--quiet-wait must be 0..{MAX_DURATION_S:g} s")
+    if not 1 <= args.workers <= 16:
+        parser.error("--workers must be 1..16")
     if args.runners < 0:
         parser.error("--runners must be positive (0: one per stream)")
     if not 0 <= args.disconnect <= 1:
@@ -104,6 +109,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             mode=args.mode,
             seed=args.seed,
             runners=args.runners,
+            workers=args.workers,
             quiet_wait_s=args.quiet_wait,
             profile=args.profile,
         )

@@ -109,7 +109,7 @@ def migrate(database_url: str, log: Path) -> None:
 
 
 def service_env(
-    port: int, database_url: str, pace_ms: float, streams: int, runners: int
+    port: int, database_url: str, pace_ms: float, streams: int, runners: int, workers: int = 1
 ) -> dict[str, str]:
     """The service's settings for a run: demo pace, and limits above the offered load."""
     return {
@@ -120,19 +120,22 @@ def service_env(
         "GENSTREAM_PROVIDER": "demo",
         "GENSTREAM_DEMO_TOKEN_DELAY_MS": str(pace_ms),
         "GENSTREAM_RUNNERS": str(runners),
+        "GENSTREAM_WORKERS": str(workers),
         "GENSTREAM_MAX_ACTIVE_PER_USER": str(2 * streams + 16),
         "GENSTREAM_RATE_PER_MINUTE": "100000000",
         "GENSTREAM_LOG_LEVEL": "warning",
     }
 
 
-def start_service(workdir: Path, pace_ms: float, streams: int, runners: int) -> tuple[Child, int]:
+def start_service(
+    workdir: Path, pace_ms: float, streams: int, runners: int, workers: int = 1
+) -> tuple[Child, int]:
     """A fresh SQLite file, migrated, and ``python -m app.cli serve`` on a free port."""
     database_url = f"sqlite+aiosqlite:///{workdir / 'genstream.db'}"
     log = workdir / "service.log"
     migrate(database_url, log)
     port = free_port()
-    env = service_env(port, database_url, pace_ms, streams, runners)
+    env = service_env(port, database_url, pace_ms, streams, runners, workers)
     argv = [sys.executable, "-m", "app.cli", "serve"]
     return Child("service", argv, env, log), port
 
@@ -145,7 +148,9 @@ def start_relay(workdir: Path, scripts: Path) -> tuple[Child, int]:
     return Child("relay", argv, os.environ, workdir / "relay.log"), port
 
 
-def start_profiler(pid: int, seconds: float, out: Path) -> Child | None:
+def start_profiler(
+    pid: int, seconds: float, out: Path, *, subprocesses: bool = False
+) -> Child | None:
     """py-spy sampling ``pid`` for ``seconds`` (raw collapsed stacks); None without py-spy."""
     exe = Path(sys.executable).with_name("py-spy")
     if not exe.exists():
@@ -154,7 +159,7 @@ def start_profiler(pid: int, seconds: float, out: Path) -> Child | None:
     # a Python process can use; idle waits (epoll, queue gets, SQLite I/O) drop out.
     argv = [str(exe), "record", "--pid", str(pid), "--rate", str(PROFILE_HZ), "--format", "raw"]
     argv += ["--gil", "--nonblocking", "--duration", str(max(1, round(seconds)))]
-    argv += ["--output", str(out)]
+    argv += ["--output", str(out)] + (["--subprocesses"] if subprocesses else [])
     return Child("py-spy", argv, os.environ, out.with_suffix(".log"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,6 +68,58 @@ def thread_cpu_times(pid: int, tid: int) -> CpuTimes:
 def rss_kib(pid: int) -> int:
     """Resident memory of ``pid`` now, in KiB."""
     return parse_rss_kib(Path(f"/proc/{pid}/status").read_text())
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (a supervisor and its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # (it exited meanwhile)
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        out.append(todo.pop())
+        todo.extend(children.get(out[-1], []))
+    return out
+
+
+def _summed(readings: list[CpuTimes]) -> CpuTimes:
+    return CpuTimes(sum(r.user for r in readings), sum(r.system for r in readings))
+
+
+def tree_cpu_times(pid: int) -> CpuTimes:
+    """CPU seconds used so far by ``pid`` and its descendants (all their threads)."""
+    return _summed([_or_zero(cpu_times, p) for p in family(pid)])
+
+
+def tree_main_thread_cpu_times(pid: int) -> CpuTimes:
+    """CPU seconds used so far by the main threads (event loops) of ``pid`` and its
+    descendants."""
+    return _summed([_or_zero(lambda p: thread_cpu_times(p, p), p) for p in family(pid)])
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants now, in KiB."""
+    total = 0
+    for p in family(pid):
+        try:
+            total += rss_kib(p)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def _or_zero(read: Callable[[int], CpuTimes], pid: int) -> CpuTimes:
+    try:
+        return read(pid)
+    except OSError:
+        return CpuTimes(0.0, 0.0)
 
 
 def machine_times() -> MachineTimes:

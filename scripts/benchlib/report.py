@@ -204,7 +204,7 @@ def level_table(service: TargetResult, relay: TargetResult | None) -> list[str]:
             *both(lambda t: f"{t.server_cpu:.2f} ({t.server_sys:.2f})"),
         ),
         _row(
-            "of which the event-loop thread (the rest: SQLite threads)",
+            "of which event-loop threads (the rest: SQLite threads)",
             *both(lambda t: format_number(t.server_loop, 2)),
         ),
         _row(
@@ -241,10 +241,15 @@ def _errors(errors: dict[str, int]) -> str:
 def level_section(service: TargetResult, relay: TargetResult | None) -> list[str]:
     """Heading, offered load, the table, the targets, verification examples, hot spots."""
     offered = service.offered_per_stream
+    processes = (
+        f"{service.workers} worker processes of {service.runners} runners each"
+        if service.workers > 1
+        else f"{service.runners} runners"
+    )
     lines = [
         f"### {service.streams} streams",
         "",
-        f"Demo pace {service.pace_ms:g} ms per token, {service.runners} runners. Unloaded, a "
+        f"Demo pace {service.pace_ms:g} ms per token, {processes}. Unloaded, a "
         f"generation is {service.events_per_generation:.0f} events at {offered:.1f} events/s "
         f"(the relay replays exactly that), so {service.streams} streams are offered at most "
         f"{offered * service.streams:,.0f} events/s; between generations a slot spends a POST "

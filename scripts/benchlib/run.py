@@ -65,6 +65,8 @@ class Level:
     seed: int
     runners: int = 0
     """GENSTREAM_RUNNERS; 0: one per stream."""
+    workers: int = 1
+    """GENSTREAM_WORKERS: the service's worker processes."""
     quiet_wait_s: float = 0.0
     """Wait up to this long for other processes to go quiet before offering the load."""
     profile: bool = False
@@ -78,6 +80,7 @@ class TargetResult:
     streams: int
     pace_ms: float
     runners: int = 0
+    workers: int = 1
     warmup_s: float = 0.0
     window_s: float
     offered_per_stream: float
@@ -141,47 +144,62 @@ class _Samples:
     events_per_commit: float = math.nan
 
 
-async def _metrics(port: int) -> dict[str, float]:
-    try:
-        status, body = await get_json_bytes(port, "/metrics")
-    except NETWORK_ERRORS:
+async def _metrics(port: int, workers: int = 1) -> dict[str, float]:
+    """The service's metrics; with several workers (each answering for itself), the sum
+    over all of them, scraped until each has answered once (or nothing if they do not)."""
+    by_worker: dict[str, dict[str, float]] = {}
+    for _ in range(20 * workers):
+        try:
+            status, body = await get_json_bytes(port, "/metrics")
+        except NETWORK_ERRORS:
+            return {}
+        if status != 200:
+            return {}
+        out: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            name, _, value = line.partition(" ")
+            if line and not line.startswith("#"):
+                out[name] = float(value)
+        worker = next((k for k in out if k.startswith("genstream_worker_info")), "")
+        by_worker[worker] = out
+        if len(by_worker) >= workers:
+            break
+    if len(by_worker) < workers:
         return {}
-    if status != 200:
-        return {}
-    out: dict[str, float] = {}
-    for line in body.decode().splitlines():
-        name, _, value = line.partition(" ")
-        if line and not line.startswith("#"):
-            out[name] = float(value)
-    return out
+    return {
+        name: sum(m.get(name, 0.0) for m in by_worker.values())
+        for name in set().union(*by_worker.values())
+    }
 
 
 async def _sleep_until(t: float) -> None:
     await asyncio.sleep(max(0.0, t - time.time()))
 
 
-async def _monitor(pid: int, port: int, start: float, end: float, out: _Samples) -> None:
+async def _monitor(
+    pid: int, port: int, start: float, end: float, out: _Samples, workers: int = 1
+) -> None:
     """CPU of server, client and machine over the window; RSS sampled through it."""
     await _sleep_until(start)
     me = os.getpid()
-    server0, client0 = procstat.cpu_times(pid), procstat.cpu_times(me)
-    loop0 = procstat.thread_cpu_times(pid, pid)
+    server0, client0 = procstat.tree_cpu_times(pid), procstat.cpu_times(me)
+    loop0 = procstat.tree_main_thread_cpu_times(pid)
     machine0 = procstat.machine_times()
-    metrics0 = await _metrics(port)
+    metrics0 = await _metrics(port, workers)
     lag = asyncio.create_task(loop_lag(end, out.lags))
     while time.time() < end:
-        out.rss.append(procstat.rss_kib(pid))
+        out.rss.append(procstat.tree_rss_kib(pid))
         await asyncio.sleep(min(RSS_PERIOD_S, max(0.0, end - time.time())))
     span = time.time() - start
-    server1 = procstat.cpu_times(pid)
+    server1 = procstat.tree_cpu_times(pid)
     out.server_cpu = (server1.total - server0.total) / span
     out.server_sys = (server1.system - server0.system) / span
-    out.server_loop = (procstat.thread_cpu_times(pid, pid).total - loop0.total) / span
+    out.server_loop = (procstat.tree_main_thread_cpu_times(pid).total - loop0.total) / span
     out.client_cpu = (procstat.cpu_times(me).total - client0.total) / span
     machine1 = procstat.machine_times()
     out.machine_busy = procstat.busy_fraction(machine0, machine1)
     out.interrupts = procstat.interrupt_fraction(machine0, machine1)
-    metrics1 = await _metrics(port)
+    metrics1 = await _metrics(port, workers)
     commits = metrics1.get("genstream_log_commits_total", 0) - metrics0.get(
         "genstream_log_commits_total", 0
     )
@@ -268,21 +286,21 @@ def _fill(result: TargetResult, rec: Recorder, samples: _Samples, rss_idle: floa
 async def _idle(pid: int, seconds: float = 2.0) -> tuple[float, float]:
     """Median RSS (KiB) and CPU (cores) of an idle process over ``seconds``."""
     values = []
-    before, started = procstat.cpu_times(pid), time.monotonic()
+    before, started = procstat.tree_cpu_times(pid), time.monotonic()
     for _ in range(4):
         await asyncio.sleep(seconds / 4)
-        values.append(procstat.rss_kib(pid))
-    cores = (procstat.cpu_times(pid).total - before.total) / (time.monotonic() - started)
+        values.append(procstat.tree_rss_kib(pid))
+    cores = (procstat.tree_cpu_times(pid).total - before.total) / (time.monotonic() - started)
     return float(statistics.median(values)), cores
 
 
 async def background_cores(pid: int, seconds: float = 3.0) -> float:
     """Cores used over ``seconds`` by processes other than ``pid`` and this one."""
     me = os.getpid()
-    m0, s0, c0 = procstat.machine_times(), procstat.cpu_times(pid), procstat.cpu_times(me)
+    m0, s0, c0 = procstat.machine_times(), procstat.tree_cpu_times(pid), procstat.cpu_times(me)
     started = time.monotonic()
     await asyncio.sleep(seconds)
-    m1, s1, c1 = procstat.machine_times(), procstat.cpu_times(pid), procstat.cpu_times(me)
+    m1, s1, c1 = procstat.machine_times(), procstat.tree_cpu_times(pid), procstat.cpu_times(me)
     span = time.monotonic() - started
     cores = os.cpu_count() or 1
     busy = (procstat.busy_fraction(m0, m1) - procstat.interrupt_fraction(m0, m1)) * cores
@@ -337,7 +355,7 @@ async def run_target(
     child: Child
     if target == "service":
         child, port = start_service(
-            workdir, level.pace_ms, level.streams, level.runners or level.streams
+            workdir, level.pace_ms, level.streams, level.runners or level.streams, level.workers
         )
     else:
         child, port = start_relay(workdir, scripts_path)
@@ -366,6 +384,7 @@ async def run_target(
             streams=level.streams,
             pace_ms=level.pace_ms,
             runners=(level.runners or level.streams) if target == "service" else 0,
+            workers=level.workers if target == "service" else 1,
             warmup_s=level.warmup_s,
             window_s=level.duration_s,
             offered_per_stream=per_stream,
@@ -377,14 +396,23 @@ async def run_target(
         window_start = started + level.warmup_s
         samples = _Samples()
         monitor: asyncio.Task[None] = asyncio.create_task(
-            _monitor(child.pid, port, window_start, window_start + level.duration_s, samples)
+            _monitor(
+                child.pid,
+                port,
+                window_start,
+                window_start + level.duration_s,
+                samples,
+                level.workers,
+            )
         )
         load = asyncio.create_task(run_load(plan, started))
         tasks += [monitor, load]
         profile_out = workdir / "py-spy.txt"
         if level.profile and target == "service":
             await _sleep_until(window_start)
-            profiler = start_profiler(child.pid, level.duration_s, profile_out)
+            profiler = start_profiler(
+                child.pid, level.duration_s, profile_out, subprocesses=level.workers > 1
+            )
         rec, result.unfinished_slots = await load
         await monitor
         _fill(result, rec, samples, rss_idle)

@@ -31,6 +31,9 @@ def test_values_are_typed() -> None:
         {"GENSTREAM_GC_THRESHOLD": "700,0,10"},
         {"GENSTREAM_GC_THRESHOLD": "lots"},
         {"GENSTREAM_SHED_LAG_MS": "-1"},
+        {"GENSTREAM_WORKERS": "0"},
+        {"GENSTREAM_WORKERS": "65"},
+        {"GENSTREAM_WORKERS": "2", "GENSTREAM_DATABASE_URL": "sqlite+aiosqlite:///:memory:"},
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str]) -> None:

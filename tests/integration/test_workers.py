@@ -1,0 +1,172 @@
+"""Several worker processes on one SQLite file (``GENSTREAM_WORKERS``): a stream served by
+one worker follows a generation run by another, a worker that dies is replaced and its
+generations end as interrupted, and stopping the service stops every worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.invariants import assert_well_formed
+from tests.support.server import ServiceProcess
+from tests.support.sse_client import read_stream
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.integration,
+    pytest.mark.parametrize("backend", ["sqlite"], indirect=True),
+]
+
+WORKERS = {
+    "GENSTREAM_WORKERS": "2",
+    "GENSTREAM_RUNNERS": "2",
+    "GENSTREAM_LEASE_S": "2",
+    "GENSTREAM_LEASE_RENEW_S": "0.5",
+    # Streams also re-read the log this often, and when a ping is due: far longer than
+    # these tests, so only the commits the workers ship each other keep a stream moving.
+    "GENSTREAM_POLL_INTERVAL_S": "120",
+    "GENSTREAM_SSE_PING_INTERVAL_S": "120",
+}
+
+
+def workers_of(service: ServiceProcess) -> set[int]:
+    """The supervisor's child processes."""
+    assert service.proc is not None
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == service.proc.pid:
+                children.add(int(entry.name))
+    return children
+
+
+async def linked(base: str) -> None:
+    """Wait until both workers ship their commits to each other (each scrape is answered
+    by whichever worker accepts the connection)."""
+    peers: dict[str, float] = {}
+    async with asyncio.timeout(20):
+        while len(peers) < 2 or min(peers.values()) < 1:
+            async with httpx.AsyncClient(timeout=10) as client:
+                text = (await client.get(f"{base}/metrics")).text
+            samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+            pid = next(name for name in samples if name.startswith("genstream_worker_info"))
+            peers[pid] = float(samples["genstream_peers"])
+
+
+async def client_on(base: str, *, not_node: str) -> tuple[httpx.AsyncClient, str]:
+    """A client whose one keep-alive connection is served by a worker other than
+    ``not_node`` (each connection goes to whichever worker accepts it first)."""
+    for _ in range(200):
+        client = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=1))
+        node = str((await client.get(f"{base}/health")).json()["node"])
+        if node != not_node:
+            return client, node
+        await client.aclose()
+    raise AssertionError(f"every connection reached {not_node}")
+
+
+async def runner_of(client: httpx.AsyncClient, base: str, rid: str) -> tuple[str, int]:
+    """Which worker runs ``rid`` (from its status event), and the seq read so far."""
+    read = await read_stream(client, f"{base}/assistant/stream/{rid}", max_events=4)
+    running = next(e for e in read.events if e["type"] == "status" and e["status"] == "running")
+    return running["message"].removeprefix("running on "), read.events[-1]["seq"]
+
+
+async def test_a_stream_on_one_worker_follows_a_generation_on_the_other(
+    service_factory: Any,
+) -> None:
+    service = service_factory(GENSTREAM_DEMO_TOKEN_DELAY_MS="30", **WORKERS)
+    base = service.base_url
+    assert len(workers_of(service)) == 2
+    await linked(base)
+    async with httpx.AsyncClient(timeout=60) as client:
+        rid = (await client.post(f"{base}/assistant/request", json={"prompt": "p"})).json()[
+            "request_id"
+        ]
+        runner, seen = await runner_of(client, base, rid)
+        other, node = await client_on(base, not_node=runner)
+        try:
+            rest = await read_stream(other, f"{base}/assistant/stream/{rid}", last_event_id=seen)
+            assert (await other.get(f"{base}/health")).json()["node"] == node
+            metrics = (await other.get(f"{base}/metrics")).text
+        finally:
+            await other.aclose()
+        stored = (await client.get(f"{base}/assistant/requests/{rid}/events")).json()["events"]
+    assert rest.events == stored[seen:], "each event once, in order, from the other worker"
+    assert rest.events[-1]["type"] == "complete"
+    assert_well_formed(stored, rid)
+    received = next(
+        line for line in metrics.splitlines() if 'peer_events_total{direction="received"}' in line
+    )
+    assert float(received.split()[-1]) >= len(rest.events), "live events came from the runner"
+
+
+async def test_many_streams_across_workers_lose_nothing(service_factory: Any) -> None:
+    service = service_factory(GENSTREAM_DEMO_TOKEN_DELAY_MS="5", **WORKERS)
+    base = service.base_url
+    await linked(base)
+
+    async def one(n: int) -> tuple[str, list[dict[str, Any]]]:
+        # A client each: its connections land on either worker.
+        async with httpx.AsyncClient(timeout=60) as client:
+            posted = await client.post(f"{base}/assistant/request", json={"prompt": f"{n}"})
+            rid = posted.json()["request_id"]
+            return rid, (await read_stream(client, f"{base}/assistant/stream/{rid}")).events
+
+    results = await asyncio.gather(*(one(n) for n in range(5)))
+    async with httpx.AsyncClient(timeout=60) as client:
+        for rid, events in results:
+            stored = (await client.get(f"{base}/assistant/requests/{rid}/events")).json()
+            assert events == stored["events"]
+            assert_well_formed(events, rid)
+            assert events[-1]["type"] == "complete"
+
+
+async def test_a_dead_worker_is_replaced_and_its_generations_end_interrupted(
+    service_factory: Any,
+) -> None:
+    service = service_factory(GENSTREAM_DEMO_TOKEN_DELAY_MS="200", **WORKERS)
+    base = service.base_url
+    before = workers_of(service)
+    async with httpx.AsyncClient(timeout=60) as client:
+        rid = (await client.post(f"{base}/assistant/request", json={"prompt": "p"})).json()[
+            "request_id"
+        ]
+        _, seen = await runner_of(client, base, rid)
+    for pid in before:  # both: whichever ran it is gone
+        os.kill(pid, signal.SIGKILL)
+    async with httpx.AsyncClient(timeout=60) as client:  # (new connections)
+        rest = await read_stream(client, f"{base}/assistant/stream/{rid}", last_event_id=seen)
+        after = workers_of(service)
+        stored = (await client.get(f"{base}/assistant/requests/{rid}/events")).json()["events"]
+    assert len(after) == 2 and not after & before, "the supervisor started two new workers"
+    assert rest.events[-1]["type"] == "error" and rest.events[-1]["code"] == "interrupted"
+    assert rest.events == stored[seen:]
+    assert_well_formed(stored, rid)
+
+
+async def test_stopping_the_service_stops_every_worker(service_factory: Any) -> None:
+    service = service_factory(**WORKERS)
+    workers = workers_of(service)
+    assert len(workers) == 2
+    assert service.terminate() == 0
+    for pid in workers:
+        assert _state(pid) in ("gone", "Z"), "no worker outlives the service"
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat[stat.rindex(")") + 2 :].split()[0]
