@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import POSTGRES_URL
 from tests.support.invariants import assert_well_formed
 from tests.support.server import ServiceProcess
-from tests.support.sse_client import read_stream
+from tests.support.sse_client import read_stream, runner_of
 
 pytestmark = [
     pytest.mark.anyio,
@@ -25,13 +25,6 @@ NODE = {"GENSTREAM_LEASE_S": "2", "GENSTREAM_LEASE_RENEW_S": "0.5", "GENSTREAM_R
 
 async def node_name(client: httpx.AsyncClient, service: ServiceProcess) -> str:
     return str((await client.get(f"{service.base_url}/health")).json()["node"])
-
-
-async def runner_of(client: httpx.AsyncClient, base: str, rid: str) -> tuple[str, int]:
-    """Which node runs ``rid`` (from its status event), and the seq read so far."""
-    read = await read_stream(client, f"{base}/assistant/stream/{rid}", max_events=4)
-    running = next(e for e in read.events if e["type"] == "status" and e["status"] == "running")
-    return running["message"].removeprefix("running on "), read.events[-1]["seq"]
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from scripts.benchlib.procstat import family
 from tests.support.invariants import assert_well_formed
 from tests.support.server import ServiceProcess
-from tests.support.sse_client import read_stream
+from tests.support.sse_client import read_stream, runner_of
 
 pytestmark = [
     pytest.mark.anyio,
@@ -36,18 +37,9 @@ WORKERS = {
 
 
 def workers_of(service: ServiceProcess) -> set[int]:
-    """The supervisor's child processes."""
+    """The supervisor's worker processes (they start none of their own)."""
     assert service.proc is not None
-    children = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == service.proc.pid:
-                children.add(int(entry.name))
-    return children
+    return set(family(service.proc.pid)[1:])
 
 
 async def linked(base: str) -> None:
@@ -73,13 +65,6 @@ async def client_on(base: str, *, not_node: str) -> tuple[httpx.AsyncClient, str
             return client, node
         await client.aclose()
     raise AssertionError(f"every connection reached {not_node}")
-
-
-async def runner_of(client: httpx.AsyncClient, base: str, rid: str) -> tuple[str, int]:
-    """Which worker runs ``rid`` (from its status event), and the seq read so far."""
-    read = await read_stream(client, f"{base}/assistant/stream/{rid}", max_events=4)
-    running = next(e for e in read.events if e["type"] == "status" and e["status"] == "running")
-    return running["message"].removeprefix("running on "), read.events[-1]["seq"]
 
 
 async def test_a_stream_on_one_worker_follows_a_generation_on_the_other(

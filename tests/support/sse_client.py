@@ -111,3 +111,11 @@ async def read_stream(
         start = first_seq if first_seq is not None else (last_event_id or 0) + 1
         assert_valid_segment(result.events, start - 1)
         return result
+
+
+async def runner_of(client: httpx.AsyncClient, base: str, rid: str) -> tuple[str, int]:
+    """Which node (or worker) runs ``rid``, from its ``status{running}`` event, and the
+    seq read so far (the stream is dropped after four events)."""
+    read = await read_stream(client, f"{base}/assistant/stream/{rid}", max_events=4)
+    running = next(e for e in read.events if e["type"] == "status" and e["status"] == "running")
+    return running["message"].removeprefix("running on "), read.events[-1]["seq"]
