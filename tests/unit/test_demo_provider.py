@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
+
 import pytest
 
 from app.domain.events import ContentBlockStart, ContentBlockStop
@@ -66,3 +70,23 @@ async def test_the_documented_unsafe_prompt_yields_a_rejected_component() -> Non
     rejected = [e for e in events if isinstance(e, ContentBlockStop) and e.status == "rejected"]
     assert len(rejected) == 1
     assert rejected[0].reason is not None and "script injection" in rejected[0].reason
+
+
+async def test_words_keep_their_schedule_when_the_loop_runs_late() -> None:
+    """Word n is due n delays after the start: a stalled loop gets the overdue words at
+    once, as from a model server's socket, instead of a full delay after each."""
+    delay_s = 0.02
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    times: list[float] = []
+    async for out in DemoProvider(token_delay_ms=delay_s * 1000).stream(job("chat", "hello")):
+        if isinstance(out, Token):
+            times.append(loop.time())
+            if len(times) == 2:
+                # The service busy elsewhere, blocking its loop, for ten words' time:
+                time.sleep(10 * delay_s)  # noqa: ASYNC251
+    assert len(times) > 12
+    for n, at in enumerate(times, 1):
+        assert at >= start + n * delay_s, "never ahead of the schedule"
+    after_stall = [b - a for a, b in itertools.pairwise(times[2:11])]
+    assert max(after_stall) < delay_s / 2, "the overdue words come together"

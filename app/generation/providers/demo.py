@@ -3,6 +3,13 @@
 It is a canned generator for trying the service without a model server: the same
 prompt always yields the same output, derived from a hash of the prompt, streamed word
 by word with a configurable delay.
+
+The words keep a schedule, as a model server's tokens do: word ``n`` is due ``n`` delays
+after the stream starts, however late the event loop runs. A real model streams at its
+own pace over the network, and tokens it sent while the service was busy wait in the
+socket and are read together; the demo model likewise yields overdue words at once
+rather than sleeping a full delay after each, which would stretch every generation by
+the loop's lag times its length and make a loaded service look slower than it is.
 """
 
 from __future__ import annotations
@@ -96,11 +103,14 @@ class DemoProvider:
         rng = random.Random(hashlib.sha256(f"{job.mode}\0{job.prompt}".encode()).digest())
         text, calls = compose(job, rng)
         pieces = _WORD.findall(text)
-        for n, piece in enumerate(pieces):
-            if self._delay:
-                await asyncio.sleep(self._delay)
-            elif n % 16 == 0:
-                await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for n, piece in enumerate(pieces, 1):
+            wait = start + n * self._delay - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif n % 16 == 1:
+                await asyncio.sleep(0)  # overdue words: still let the loop run now and then
             yield Token(piece)
         for call in calls:
             yield call
