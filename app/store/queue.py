@@ -50,7 +50,16 @@ class WorkQueue:
         One transaction for the lot, which also reads each one's ``created`` event: under
         load a dispatcher fills every free runner slot with one round trip, not one per
         request (claims share the single write connection with the group commit).
+
+        On SQLite it first looks on a read connection for anything to claim. A write
+        transaction there takes the database's write lock, which the group commit (and,
+        with worker processes, every other worker) queues for, and half the claims find
+        nothing: a dispatcher claims again after every claim, and every worker's
+        dispatcher wakes on each new request, which one of them takes. A read takes no
+        lock. (A request created just after the look wakes the dispatcher again.)
         """
+        if not self._engines.postgres and not await self._engines.query(_anything_to_claim):
+            return []
         now = utcnow()
         picked = (
             select(requests.c.request_id)
@@ -131,3 +140,14 @@ class WorkQueue:
         query = select(func.count()).select_from(requests).where(requests.c.status == "queued")
         count = await self._engines.query(lambda conn: conn.scalar(query))
         return int(count or 0)
+
+
+_CLAIMABLE = (
+    select(requests.c.request_id)
+    .where(requests.c.status == "queued", requests.c.lease_owner.is_(None))
+    .limit(1)
+)
+
+
+def _anything_to_claim(conn: Connection) -> bool:
+    return conn.execute(_CLAIMABLE).first() is not None

@@ -1,0 +1,67 @@
+"""Worker processes sharing one SQLite file take turns at its write lock: a worker with
+nothing to claim does not take a turn."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection
+
+from app.domain import events as ev
+from app.store.engine import Engines, create_engines
+from app.store.log import EventLog, NewRequest
+from app.store.queue import WorkQueue
+from tests.contract.conftest import migrate
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+async def two_workers(url: str) -> AsyncIterator[tuple[Engines, Engines]]:
+    a = create_engines(url, sqlite_workers=True)
+    b = create_engines(url, sqlite_workers=True)
+    yield a, b
+    for engines in (a, b):
+        await engines.dispose()
+
+
+async def test_a_claim_with_nothing_to_claim_does_not_wait_for_the_write_lock(
+    two_workers: tuple[Engines, Engines],
+) -> None:
+    a, b = two_workers
+    log = EventLog(a)
+    await log.start()
+    rid = "01900001-0000-7000-8000-000000000000"
+    await log.create(
+        NewRequest(request_id=rid, user_id="u", mode="chat"),
+        [ev.Created(mode="chat", prompt="hi"), ev.Status(status="queued", queue_position=1)],
+    )
+    first, second = WorkQueue(a, owner="a"), WorkQueue(b, owner="b")
+    assert [c.request_id for c in await first.claim(4)] == [rid]
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(_: Connection) -> None:
+        holding.set()
+        release.wait(10)
+
+    other_commit = asyncio.ensure_future(a.transact(hold))  # worker a holds the lock
+    try:
+        assert await asyncio.to_thread(holding.wait, 10)
+        async with asyncio.timeout(5):
+            assert await second.claim(4) == [], "the request is a's: b has nothing to claim"
+    finally:
+        release.set()
+        await other_commit
+    await log.close()
