@@ -89,6 +89,7 @@ requests = Table(
     Index(None, "status", "created_at"),
     Index(None, "user_id", "status"),
     Index(None, "user_id", "created_at"),
+    Index(None, "user_id", "mode", "created_at"),
     Index(None, "created_at"),
 )
 

@@ -1,4 +1,5 @@
-"""The audit queries use the indexes of migration 0004 (SQLite query plans)."""
+"""The audit queries use the indexes of migration 0004, and the rate limit's count the
+index of 0005 (SQLite query plans)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy import Select, create_engine
 from sqlalchemy.dialects import sqlite
 
 from app.store.audit import EventQuery, RequestQuery, events_select, requests_select
+from app.store.log import rate_window
 
 ROOT = Path(__file__).resolve().parents[2]
 T = datetime(2026, 11, 1, tzinfo=UTC)
@@ -62,3 +64,11 @@ def test_event_filters_use_an_index(database: str, query: EventQuery, index: str
 )
 def test_request_filters_use_an_index(database: str, query: RequestQuery, index: str) -> None:
     assert index in plan(database, requests_select(query))
+
+
+def test_the_rate_limit_counts_from_the_index_alone(database: str) -> None:
+    """Admission counts a user's requests of the last minute inside the write transaction:
+    from the covering index, in group order, with no table lookup and no sort."""
+    found = plan(database, rate_window(["alice", "bob"], ["chat", "generate"], T))
+    assert "COVERING INDEX ix_requests_user_id_mode_created_at" in found
+    assert "TEMP B-TREE" not in found
