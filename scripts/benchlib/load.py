@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from scripts.benchlib import users
 from scripts.benchlib.httpclient import Connection, ProtocolError
 from scripts.benchlib.sse import event_at, parse_frames
 from scripts.benchlib.verify import TERMINAL_TYPES
@@ -72,6 +73,8 @@ class Recorder:
     resumes_nothing_missed: int = 0
     generations: int = 0
     received: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
+    """The user who created each request."""
     traces: dict[str, Trace] | None = None
 
     def in_window(self, t: float) -> bool:
@@ -81,10 +84,12 @@ class Recorder:
 class Slot:
     """One simulated user: one generation at a time, each followed to its end."""
 
-    def __init__(self, plan: LoadPlan, rec: Recorder, rng: random.Random) -> None:
+    def __init__(self, plan: LoadPlan, rec: Recorder, rng: random.Random, user: str) -> None:
         self._plan = plan
         self._rec = rec
         self._rng = rng
+        self._user = user
+        self._auth = users.bearer(user)
         self._post_conn: Connection | None = None
         self._post_used = 0.0
 
@@ -118,7 +123,10 @@ class Slot:
                     conn.abort()
                 conn = self._post_conn = await Connection.open(self._plan.host, self._plan.port)
             head, data = await conn.request(
-                "POST", "/assistant/request", [("Content-Type", "application/json")], body
+                "POST",
+                "/assistant/request",
+                [("Content-Type", "application/json"), self._auth],
+                body,
             )
         except NETWORK_ERRORS as exc:
             rec.errors[f"POST {type(exc).__name__}"] += 1
@@ -133,6 +141,7 @@ class Slot:
             rec.post_statuses[head.status] += 1
         if head.status in (200, 201):
             request_id: str = msgspec.json.decode(data)["request_id"]
+            rec.owners[request_id] = self._user
             return request_id
         if head.status != 429:
             rec.errors[f"POST {head.status}"] += 1
@@ -149,7 +158,7 @@ class Slot:
         failures = 0
         while failures <= MAX_STREAM_RETRIES:
             connected = time.time()
-            headers = [("Accept", "text/event-stream")]
+            headers = [("Accept", "text/event-stream"), self._auth]
             if received:
                 headers.append(("Last-Event-ID", str(received[-1][0])))
             conn: Connection | None = None
@@ -224,7 +233,10 @@ async def run_load(plan: LoadPlan, started: float) -> tuple[Recorder, int]:
     rec = Recorder(window_start, window_start + plan.duration_s)
     master = random.Random(plan.seed)
     ramp = min(plan.ramp_s, plan.warmup_s)
-    slots = [Slot(plan, rec, random.Random(master.random())) for _ in range(plan.streams)]
+    slots = [
+        Slot(plan, rec, random.Random(master.random()), users.user_of(n))
+        for n in range(plan.streams)
+    ]
     tasks = [
         asyncio.create_task(slot.run(max(0.0, started - time.time()) + n * ramp / plan.streams))
         for n, slot in enumerate(slots)
@@ -246,7 +258,7 @@ async def calibrate(host: str, port: int, mode: str) -> dict[str, Trace]:
     rec = Recorder(0.0, 0.0, traces={})
 
     async def one(prompt: str) -> tuple[str, Trace]:
-        slot = Slot(plan, rec, random.Random(0))
+        slot = Slot(plan, rec, random.Random(0), f"calibration-{PROMPTS.index(prompt)}")
         posted = time.time()
         request_id = await slot.create(prompt)
         if slot._post_conn is not None:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from scripts.benchlib import users
 from scripts.benchlib.httpclient import Connection, ProtocolError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,9 +110,10 @@ def migrate(database_url: str, log: Path) -> None:
 
 
 def service_env(
-    port: int, database_url: str, pace_ms: float, streams: int, runners: int, workers: int = 1
+    port: int, database_url: str, pace_ms: float, runners: int, workers: int = 1
 ) -> dict[str, str]:
-    """The service's settings for a run: demo pace, and limits above the offered load."""
+    """The service's settings for a run: demo pace, one user per slot (``users.py``), and
+    per-user limits above what a slot offers."""
     return {
         **os.environ,
         "GENSTREAM_HOST": HOST,
@@ -121,21 +123,22 @@ def service_env(
         "GENSTREAM_DEMO_TOKEN_DELAY_MS": str(pace_ms),
         "GENSTREAM_RUNNERS": str(runners),
         "GENSTREAM_WORKERS": str(workers),
-        "GENSTREAM_MAX_ACTIVE_PER_USER": str(2 * streams + 16),
-        "GENSTREAM_RATE_PER_MINUTE": "100000000",
+        "GENSTREAM_JWT_SECRET": users.SECRET,
+        "GENSTREAM_MAX_ACTIVE_PER_USER": str(users.MAX_ACTIVE_PER_USER),
+        "GENSTREAM_RATE_PER_MINUTE": str(users.RATE_PER_MINUTE),
         "GENSTREAM_LOG_LEVEL": "warning",
     }
 
 
 def start_service(
-    workdir: Path, pace_ms: float, streams: int, runners: int, workers: int = 1
+    workdir: Path, pace_ms: float, runners: int, workers: int = 1
 ) -> tuple[Child, int]:
     """A fresh SQLite file, migrated, and ``python -m app.cli serve`` on a free port."""
     database_url = f"sqlite+aiosqlite:///{workdir / 'genstream.db'}"
     log = workdir / "service.log"
     migrate(database_url, log)
     port = free_port()
-    env = service_env(port, database_url, pace_ms, streams, runners, workers)
+    env = service_env(port, database_url, pace_ms, runners, workers)
     argv = [sys.executable, "-m", "app.cli", "serve"]
     return Child("service", argv, env, log), port
 
@@ -181,11 +184,13 @@ async def wait_ready(child: Child, port: int, path: str = "/ready", timeout_s: f
     raise RuntimeError(f"{child.name} not ready after {timeout_s} s:\n{child.tail()}")
 
 
-async def get_json_bytes(port: int, path: str) -> tuple[int, bytes]:
+async def get_json_bytes(
+    port: int, path: str, headers: list[tuple[str, str]] | None = None
+) -> tuple[int, bytes]:
     """One GET on a fresh connection: status and body."""
     conn = await Connection.open(HOST, port)
     try:
-        head, body = await conn.request("GET", path)
+        head, body = await conn.request("GET", path, headers or ())
     finally:
         conn.abort()
     return head.status, body

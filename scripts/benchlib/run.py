@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from scripts.benchlib import procstat, template
+from scripts.benchlib import procstat, template, users
 from scripts.benchlib.hotspots import Profile, parse_raw
 from scripts.benchlib.httpclient import Connection
 from scripts.benchlib.load import (
@@ -150,7 +150,9 @@ async def _metrics(port: int, workers: int = 1) -> dict[str, float]:
     by_worker: dict[str, dict[str, float]] = {}
     for _ in range(20 * workers):
         try:
-            status, body = await get_json_bytes(port, "/metrics")
+            status, body = await get_json_bytes(
+                port, "/metrics", [users.bearer(users.ADMIN, admin=True)]
+            )
         except NETWORK_ERRORS:
             return {}
         if status != 200:
@@ -221,9 +223,14 @@ class _EventPage(msgspec.Struct):
 
 
 async def verify(
-    port: int, received: dict[str, list[tuple[int, str]]], wait_s: float
+    port: int,
+    received: dict[str, list[tuple[int, str]]],
+    wait_s: float,
+    owners: dict[str, str] | None = None,
 ) -> VerifySummary:
-    """Fetch every request's events from the server and check what the client received."""
+    """Fetch every request's events from the server (as the user who created each one)
+    and check what the client received."""
+    owners = owners or {}
     decoder = msgspec.json.Decoder(_EventPage)
     pending = list(received)
     checks = []
@@ -234,7 +241,8 @@ async def verify(
         while True:
             # Requests cut short by the drain deadline may still be running: wait for them.
             path = f"/assistant/requests/{request_id}/events?after={len(stored)}&limit=1000"
-            head, body = await conn.request("GET", path)
+            owner = [users.bearer(owners[request_id])] if request_id in owners else []
+            head, body = await conn.request("GET", path, owner)
             if head.status != 200:
                 raise RuntimeError(f"GET {path}: {head.status} {body[:200]!r}")
             page = decoder.decode(body)
@@ -331,7 +339,7 @@ async def record_scripts(
     """What the demo offers at this pace, unloaded: one generation per prompt on a service
     with a runner per prompt; written to ``scripts_path`` for the relay to replay."""
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
-    child, port = start_service(workdir, level.pace_ms, len(PROMPTS), len(PROMPTS))
+    child, port = start_service(workdir, level.pace_ms, len(PROMPTS))
     try:
         await wait_ready(child, port)
         traces = await calibrate(HOST, port, level.mode)
@@ -355,7 +363,7 @@ async def run_target(
     child: Child
     if target == "service":
         child, port = start_service(
-            workdir, level.pace_ms, level.streams, level.runners or level.streams, level.workers
+            workdir, level.pace_ms, level.runners or level.streams, level.workers
         )
     else:
         child, port = start_relay(workdir, scripts_path)
@@ -423,7 +431,7 @@ async def run_target(
                 result.profile.expected = round(PROFILE_HZ * level.duration_s)
         if not child.running():
             raise RuntimeError(f"{target} died during the run:\n{child.tail()}")
-        result.verify = await verify(port, rec.received, wait_s=2 * span + 10)
+        result.verify = await verify(port, rec.received, wait_s=2 * span + 10, owners=rec.owners)
         return result
     finally:
         for task in tasks:
