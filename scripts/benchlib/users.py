@@ -22,6 +22,8 @@ MAX_ACTIVE_PER_USER = 4
 RATE_PER_MINUTE = 600
 """About ten times what a slot creates at the fastest pace, so it never binds."""
 TOKEN_TTL_S = 24 * 3600
+ADMIN = "bench-admin"
+"""Who reads ``/metrics`` (it covers every user, so only an admin may)."""
 
 
 def user_of(slot: int) -> str:
@@ -37,6 +39,3 @@ def bearer(user: str, *, admin: bool = False) -> tuple[str, str]:
     if admin:
         claims["role"] = "admin"
     return ("Authorization", f"Bearer {jwt.encode(claims, SECRET, algorithm='HS256')}")
-
-
-ADMIN = "bench-admin"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.benchlib import hotspots, procstat, report, sse, stats, template, verify
+from app.api.auth import Principal, read_token
+from scripts.benchlib import hotspots, procstat, report, sse, stats, template, users, verify
 from scripts.benchlib.httpclient import ProtocolError, parse_head, request_bytes
 from scripts.benchlib.run import TargetResult
 from scripts.benchlib.stats import Summary
@@ -373,3 +374,12 @@ def test_marginal_memory_is_the_slope_between_levels() -> None:
     assert math.isnan(report.marginal_kib(low, low))
     lines = report.marginal_memory_lines([(low, None), (high, None)])
     assert "| 100 and 300 streams | 102.4 | n/a |" in lines
+
+
+def test_each_slot_is_a_user_the_service_recognises() -> None:
+    """The bench's tokens are what the service reads: the slot's user, admin for metrics."""
+    name, value = users.bearer(users.user_of(3))
+    assert name == "Authorization" and value.startswith("Bearer ")
+    assert read_token(users.SECRET, value.removeprefix("Bearer ")) == Principal("bench-3")
+    _, admin = users.bearer(users.ADMIN, admin=True)
+    assert read_token(users.SECRET, admin.removeprefix("Bearer ")).admin
