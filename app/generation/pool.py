@@ -122,8 +122,9 @@ class RunnerPool:
 
     async def _dispatch(self) -> None:
         """One claimer for the whole pool. It claims only for free slots, and as many as
-        are free in one transaction: an idle pool costs one claim per poll interval, and a
-        busy one a claim per batch of requests rather than per request."""
+        are free in one transaction: an idle pool costs one claim per poll interval (on
+        SQLite, one read that finds nothing to claim), and a busy one a claim per batch of
+        requests rather than per request."""
         while not self._stopping:
             free = self._size - len(self._running)
             if free <= 0:

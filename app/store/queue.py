@@ -63,7 +63,7 @@ class WorkQueue:
         now = utcnow()
         picked = (
             select(requests.c.request_id)
-            .where(requests.c.status == "queued", requests.c.lease_owner.is_(None))
+            .where(_UNCLAIMED)
             .order_by(requests.c.created_at, requests.c.request_id)
             .limit(limit)
             # PostgreSQL: nodes claiming at once each take different rows instead of
@@ -142,11 +142,9 @@ class WorkQueue:
         return int(count or 0)
 
 
-_CLAIMABLE = (
-    select(requests.c.request_id)
-    .where(requests.c.status == "queued", requests.c.lease_owner.is_(None))
-    .limit(1)
-)
+_UNCLAIMED = (requests.c.status == "queued") & requests.c.lease_owner.is_(None)
+"""What a claim may take: the look on a read connection and the claim share it."""
+_CLAIMABLE = select(requests.c.request_id).where(_UNCLAIMED).limit(1)
 
 
 def _anything_to_claim(conn: Connection) -> bool:

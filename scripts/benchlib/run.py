@@ -226,11 +226,10 @@ async def verify(
     port: int,
     received: dict[str, list[tuple[int, str]]],
     wait_s: float,
-    owners: dict[str, str] | None = None,
+    owners: dict[str, str],
 ) -> VerifySummary:
     """Fetch every request's events from the server (as the user who created each one)
     and check what the client received."""
-    owners = owners or {}
     decoder = msgspec.json.Decoder(_EventPage)
     pending = list(received)
     checks = []
@@ -241,8 +240,7 @@ async def verify(
         while True:
             # Requests cut short by the drain deadline may still be running: wait for them.
             path = f"/assistant/requests/{request_id}/events?after={len(stored)}&limit=1000"
-            owner = [users.bearer(owners[request_id])] if request_id in owners else []
-            head, body = await conn.request("GET", path, owner)
+            head, body = await conn.request("GET", path, [users.bearer(owners[request_id])])
             if head.status != 200:
                 raise RuntimeError(f"GET {path}: {head.status} {body[:200]!r}")
             page = decoder.decode(body)
