@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from app.api.app import build_services, started_marker
+from app.api.app import build_services, schema_problem, started_marker
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,14 +102,8 @@ async def recover(settings: Settings) -> int:
     """End what an earlier run left running, before any worker starts; 0 when done."""
     svc = build_services(settings)
     try:
-        version = await svc.engines.schema_version()
-        if svc.migrations_head is not None and version != svc.migrations_head:
-            log.error(
-                "the database is at schema %s, this code needs %s: run `alembic upgrade "
-                "head` (scripts/serve does) first",
-                version or "none (empty)",
-                svc.migrations_head,
-            )
+        if (message := await schema_problem(svc)) is not None:
+            log.error(message)
             return 3
         await svc.log.start()
         try:

@@ -65,6 +65,17 @@ def started_marker(peer_dir: Path, pid: int) -> Path:
     return peer_dir / f"{pid}.started"
 
 
+async def schema_problem(svc: Services) -> str | None:
+    """What to do when the database is not at this code's migration head; None if it is."""
+    version = await svc.engines.schema_version()
+    if svc.migrations_head is None or version == svc.migrations_head:
+        return None
+    return (
+        f"the database is at schema {version or 'none (empty)'}, this code needs "
+        f"{svc.migrations_head}: run `alembic upgrade head` (scripts/serve does) first"
+    )
+
+
 def migrations_head() -> str | None:
     """The newest Alembic revision shipped with this code."""
     if not MIGRATIONS_DIR.is_dir():
@@ -165,13 +176,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         svc = build_services(settings)
         app.state["services"] = svc
-        version = await svc.engines.schema_version()
-        if svc.migrations_head is not None and version != svc.migrations_head:
+        if (message := await schema_problem(svc)) is not None:
             await svc.engines.dispose()
-            message = (
-                f"the database is at schema {version or 'none (empty)'}, this code needs "
-                f"{svc.migrations_head}: run `alembic upgrade head` (scripts/serve does) first"
-            )
             log.error(message)
             raise SchemaNotReady(message)
         listener = (

@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -94,17 +94,22 @@ class SQLiteThreads:
         """``fn`` in one write transaction, on the write thread."""
 
         def run() -> T:
-            if self._lock_fd is None:
-                with self.write_engine.begin() as conn:
-                    return fn(conn)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # (releases the GIL while it waits)
-            try:
-                with self.write_engine.begin() as conn:
-                    return fn(conn)
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            with self._turn(), self.write_engine.begin() as conn:
+                return fn(conn)
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This process's turn at the write lock file, when other processes share it."""
+        if self._lock_fd is None:
+            yield
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # (releases the GIL while it waits)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     async def query(self, fn: Callable[[Connection], T]) -> T:
         """``fn`` on a read connection, on a reader thread."""
@@ -292,10 +297,9 @@ def create_engines(
     sync, busy = sqlite_synchronous, sqlite_busy_timeout_ms
     _configure_sqlite(write.sync_engine, sync, busy, begin="BEGIN IMMEDIATE")
     _configure_sqlite(read.sync_engine, sync, busy, begin=None)
-    shared = sqlite_workers and path is not None
-    lock = path.with_name(path.name + ".write-lock") if shared and path else None
+    lock = path.with_name(path.name + ".write-lock") if sqlite_workers and path else None
     threads = SQLiteThreads(url, synchronous=sync, busy_ms=busy, write_lock=lock)
-    return Engines(write=write, read=read, threads=threads, sqlite_workers=shared)
+    return Engines(write=write, read=read, threads=threads, sqlite_workers=lock is not None)
 
 
 def _configure_sqlite(engine: Engine, synchronous: str, busy_ms: int, *, begin: str | None) -> None:
