@@ -156,6 +156,7 @@ async def test_a_saturated_service_sheds_new_requests_and_keeps_its_streams(
             again = await client.post("/assistant/request", json={"prompt": "later"})
             if again.status_code != 429:
                 break
+            assert again.json()["code"] == "overloaded"
             shed += 1
             await asyncio.sleep(0.05)
         assert again.status_code == 201
