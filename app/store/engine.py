@@ -36,12 +36,13 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
     Connection,
@@ -54,9 +55,10 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from app.store.tables import events, requests
+from app.store.tables import events, requests, sqlite_text
 
 T = TypeVar("T")
 
@@ -94,7 +96,7 @@ class SQLiteThreads:
         """``fn`` in one write transaction, on the write thread."""
 
         def run() -> T:
-            with self._turn(), self.write_engine.begin() as conn:
+            with self._turn(), self.write_engine.begin() as conn, _wrapped_driver_errors():
                 return fn(conn)
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, run)
@@ -115,7 +117,7 @@ class SQLiteThreads:
         """``fn`` on a read connection, on a reader thread."""
 
         def run() -> T:
-            with self.read_engine.connect() as conn:
+            with self.read_engine.connect() as conn, _wrapped_driver_errors():
                 return fn(conn)
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, run)
@@ -183,29 +185,45 @@ class Engines:
         if self.postgres:
             conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
 
+    def insert_requests(self, conn: Connection, rows: list[dict[str, Any]], at: datetime) -> None:
+        """Insert new requests' rows: the ``_HEADER`` columns, and ``at`` as both timestamps.
+
+        SQLite: one ``executemany`` on the driver's connection, as for the events.
+        """
+        if not rows:
+            return
+        if self.postgres:
+            stamped = [{**r, "created_at": at, "updated_at": at} for r in rows]
+            conn.execute(insert(requests), stamped)
+            return
+        when = sqlite_text(at)
+        driver_of(conn).executemany(
+            _INSERT_REQUEST, [(*(r[c] for c in _HEADER), when, when) for r in rows]
+        )
+
     def insert_events(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         """Insert event rows (``request_id, seq, type, v, data, at``); their ids, in order.
 
-        SQLite: one ``executemany`` of a prepared statement, run by the driver's C loop,
-        and the ids computed rather than returned. The transaction holds the database's
-        write lock, so the rows take consecutive rowids ending at ``last_insert_rowid()``.
-        Elsewhere: a Core ``INSERT ... RETURNING``.
+        SQLite: one ``executemany`` of a prepared statement on the driver's connection (its
+        C loop; no SQLAlchemy in between), and the ids computed rather than returned. The
+        transaction holds the database's write lock, so the rows take consecutive rowids
+        ending at ``last_insert_rowid()``. Elsewhere: a Core ``INSERT ... RETURNING``.
         """
         if not rows:
             return []
         if self.postgres:
             statement = insert(events).returning(events.c.id, sort_by_parameter_order=True)
             return [row[0] for row in conn.execute(statement, rows)]
-        stamp = events.c.at.type.bind_processor(conn.dialect)
-        assert stamp is not None
-        conn.exec_driver_sql(
+        texts: dict[datetime, str] = {}
+        db = driver_of(conn)
+        db.executemany(
             "INSERT INTO events (request_id, seq, type, v, data, at) VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (r["request_id"], r["seq"], r["type"], r["v"], r["data"], stamp(r["at"]))
+                (r["request_id"], r["seq"], r["type"], r["v"], r["data"], _text(texts, r["at"]))
                 for r in rows
             ],
         )
-        last = int(conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
+        last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
         return list(range(last - len(rows) + 1, last + 1))
 
     def update_heads(
@@ -213,7 +231,7 @@ class Engines:
     ) -> None:
         """Set each request's ``last_seq`` and ``status`` (and ``updated_at``) in the read model.
 
-        SQLite: one ``executemany`` of a prepared statement, as for the events themselves.
+        SQLite: one ``executemany`` on the driver's connection, as for the events themselves.
         """
         if not heads:
             return
@@ -232,10 +250,8 @@ class Engines:
                 ],
             )
             return
-        stamp = requests.c.updated_at.type.bind_processor(conn.dialect)
-        assert stamp is not None
-        when = stamp(at)
-        conn.exec_driver_sql(
+        when = sqlite_text(at)
+        driver_of(conn).executemany(
             "UPDATE requests SET last_seq = ?, status = ?, updated_at = ? WHERE request_id = ?",
             [(seq, status, when, rid) for rid, (seq, status) in heads.items()],
         )
@@ -333,3 +349,46 @@ def _ensure_parent_dir(url: str) -> Path | None:
         return None
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return Path(path)
+
+
+_HEADER = (
+    "request_id",
+    "user_id",
+    "mode",
+    "track_id",
+    "element_id",
+    "status",
+    "last_seq",
+    "idempotency_key",
+    "parent_request_id",
+)
+"""A new request's header columns, but its two timestamps."""
+_INSERT_REQUEST = (
+    f"INSERT INTO requests ({', '.join(_HEADER)}, created_at, updated_at) "
+    f"VALUES ({', '.join('?' * (len(_HEADER) + 2))})"
+)
+
+
+def driver_of(conn: Connection) -> sqlite3.Connection:
+    """The ``sqlite3`` connection under a SQLAlchemy one, inside its transaction: the group
+    commit's statements run on it directly, each a C call with no SQLAlchemy around it."""
+    return cast(sqlite3.Connection, conn.connection.driver_connection)
+
+
+@contextlib.contextmanager
+def _wrapped_driver_errors() -> Iterator[None]:
+    """Errors of statements run on the driver's connection (``driver_of``), raised as
+    SQLAlchemy raises its own statements' (``IntegrityError`` for a duplicate key, and so
+    on), so that callers catch one kind whichever way a statement ran."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
+
+
+def _text(texts: dict[datetime, str], value: datetime) -> str:
+    """``sqlite_text(value)``, once per distinct value (a commit's events share one)."""
+    found = texts.get(value)
+    if found is None:
+        found = texts[value] = sqlite_text(value)
+    return found

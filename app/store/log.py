@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import Connection, Integer, Row, Select, bindparam, func, insert, select
+from sqlalchemy import Connection, Integer, Row, Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.domain.events import (
@@ -38,9 +38,10 @@ from app.domain.events import (
     utcnow,
 )
 from app.domain.stats import Histogram
-from app.store.engine import Engines
+from app.store import sqlite_sql
+from app.store.engine import Engines, driver_of
 from app.store.hub import Committed, Hub
-from app.store.tables import events, requests
+from app.store.tables import events, requests, sqlite_text
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +339,7 @@ class EventLog:
                 continue
             payloads = item.payloads
             if item.new is not None:
-                new_rows.append(_header_row(item.new, at))
+                new_rows.append(_header_row(item.new))
                 state[item.request_id] = _State(0, "queued")
                 admission.queued += 1
                 payloads = [_with_position(p, admission.queued) for p in payloads]
@@ -362,8 +363,7 @@ class EventLog:
             current.touched = True
             outcomes.append([])
             spans.append((start, len(event_rows)))
-        if new_rows:
-            conn.execute(insert(requests), new_rows)
+        self._engines.insert_requests(conn, new_rows, at)
         ids = self._engines.insert_events(conn, event_rows)
         heads = {rid: (s.last_seq, s.status) for rid, s in state.items() if s.touched}
         self._engines.notify_appended(conn, {rid: seq for rid, (seq, _) in heads.items()})
@@ -529,6 +529,9 @@ class _State:
 def _load_state(conn: Connection, request_ids: set[str]) -> dict[str, _State]:
     if not request_ids:
         return {}
+    if conn.dialect.name == "sqlite":
+        found = sqlite_sql.heads(driver_of(conn), sorted(request_ids))
+        return {rid: _State(seq, status) for rid, seq, status in found}
     rows = conn.execute(_STATE, {"ids": sorted(request_ids)})
     return {str(r.request_id): _State(int(r.last_seq), str(r.status)) for r in rows}
 
@@ -572,6 +575,8 @@ class _Admission:
 
 
 def _load_admission(conn: Connection, news: list[NewRequest], at: datetime) -> _Admission:
+    if conn.dialect.name == "sqlite":
+        return _load_admission_sqlite(conn, news, at)
     admission = _Admission(at=at)
     if news:
         admission.queued = int(
@@ -600,15 +605,43 @@ def _load_admission(conn: Connection, news: list[NewRequest], at: datetime) -> _
         admission.recent = {
             (str(row.user_id), str(row.mode)): (int(row.n), aware_utc(row.oldest)) for row in window
         }
-    elements = sorted({n.element_id for n in news if n.element_id})
-    if elements:
-        rows = conn.execute(
-            select(requests.c.request_id, requests.c.user_id, requests.c.element_id).where(
-                requests.c.element_id.in_(elements), requests.c.status.in_(ACTIVE_STATUSES)
-            )
-        )
-        admission.elements = {(str(u), str(e)): str(r) for r, u, e in rows}
+    admission.elements = _busy_elements(conn, news)
     return admission
+
+
+def _load_admission_sqlite(conn: Connection, news: list[NewRequest], at: datetime) -> _Admission:
+    """``_load_admission`` as plain statements on the driver's connection (``sqlite_sql``)."""
+    db = driver_of(conn)
+    admission = _Admission(at=at)
+    if news:
+        admission.queued = sqlite_sql.queued(db)
+    users = sorted({n.user_id for n in news if n.max_active is not None})
+    if users:
+        admission.active = sqlite_sql.active(db, users)
+    rated = [n for n in news if n.max_per_minute is not None]
+    if rated:
+        window = sqlite_sql.recent(
+            db,
+            sorted({n.user_id for n in rated}),
+            sorted({n.mode for n in rated}),
+            sqlite_text(at - RATE_WINDOW),
+        )
+        admission.recent = {(u, mode): (n, aware_utc(oldest)) for u, mode, n, oldest in window}
+    admission.elements = _busy_elements(conn, news)
+    return admission
+
+
+def _busy_elements(conn: Connection, news: list[NewRequest]) -> dict[tuple[str, str], str]:
+    """Which of the new requests' editor fields have a request queued or running already."""
+    elements = sorted({n.element_id for n in news if n.element_id})
+    if not elements:
+        return {}
+    rows = conn.execute(
+        select(requests.c.request_id, requests.c.user_id, requests.c.element_id).where(
+            requests.c.element_id.in_(elements), requests.c.status.in_(ACTIVE_STATUSES)
+        )
+    )
+    return {(str(u), str(e)): str(r) for r, u, e in rows}
 
 
 def rate_window(users: list[str], modes: list[str], since: datetime) -> Select[Any]:
@@ -662,7 +695,8 @@ def _with_position(payload: Payload, position: int) -> Payload:
     return payload
 
 
-def _header_row(new: NewRequest, at: datetime) -> dict[str, object]:
+def _header_row(new: NewRequest) -> dict[str, object]:
+    """A new request's row in ``requests``, but its timestamps (the commit's)."""
     return {
         "request_id": new.request_id,
         "user_id": new.user_id,
@@ -671,8 +705,6 @@ def _header_row(new: NewRequest, at: datetime) -> dict[str, object]:
         "element_id": new.element_id,
         "status": "queued",
         "last_seq": 0,
-        "created_at": at,
-        "updated_at": at,
         "idempotency_key": new.idempotency_key,
         "parent_request_id": new.parent_request_id,
     }

@@ -14,9 +14,10 @@ from datetime import timedelta
 from sqlalchemy import Connection, func, select, update
 
 from app.domain.events import UPCASTERS, StoredEvent, UpcasterRegistry, utcnow
-from app.store.engine import Engines
+from app.store import sqlite_sql
+from app.store.engine import Engines, driver_of
 from app.store.log import EVENT_COLUMNS, stored_event
-from app.store.tables import events, requests
+from app.store.tables import events, requests, sqlite_datetime, sqlite_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,18 +57,22 @@ class WorkQueue:
         with worker processes, every other worker) queues for, and half the claims find
         nothing: a dispatcher claims again after every claim, and every worker's
         dispatcher wakes on each new request, which one of them takes. A read takes no
-        lock. (A request created just after the look wakes the dispatcher again.)
+        lock. (A request created just after the look wakes the dispatcher again.) The
+        claim itself then runs as plain statements on the driver (``sqlite_sql``), the
+        write lock held for as little Python as can be.
         """
-        if not self._engines.postgres and not await self._engines.query(_anything_to_claim):
-            return []
+        if not self._engines.postgres:
+            if not await self._engines.query(_anything_to_claim):
+                return []
+            return await self._engines.transact(lambda conn: self._claim_sqlite(conn, limit))
         now = utcnow()
         picked = (
             select(requests.c.request_id)
             .where(_UNCLAIMED)
             .order_by(requests.c.created_at, requests.c.request_id)
             .limit(limit)
-            # PostgreSQL: nodes claiming at once each take different rows instead of
-            # queueing on the same ones (SQLite ignores this; it has one writer anyway).
+            # Nodes claiming at once each take different rows instead of queueing on the
+            # same ones.
             .with_for_update(skip_locked=True)
             # Evaluated once: PostgreSQL may re-run an IN (subquery) while rechecking rows
             # another node changed, and so lease more than ``limit`` of them.
@@ -98,6 +103,31 @@ class WorkQueue:
             ]
 
         return await self._engines.transact(claim)
+
+    def _claim_sqlite(self, conn: Connection, limit: int) -> list[Claim]:
+        """``claim``'s transaction as plain statements on the driver (``sqlite_sql``)."""
+        db = driver_of(conn)
+        until = sqlite_text(utcnow() + self._lease)
+        ids = [rid for rid, _ in sqlite_sql.claim(db, self.owner, until, limit)]
+        if not ids:
+            return []
+        first = sqlite_sql.firsts(db, ids)
+        return [Claim(rid, self._created(rid, first.get(rid))) for rid in ids]
+
+    def _created(
+        self, request_id: str, row: tuple[int, int, str, int, str, str] | None
+    ) -> StoredEvent | None:
+        if row is None:
+            return None
+        id_, seq, type_, v, data, at = row
+        return StoredEvent(
+            id=id_,
+            request_id=request_id,
+            seq=seq,
+            type=type_,
+            at=sqlite_datetime(at),
+            data=self._upcasters.upcast(type_, v, data.encode()),
+        )
 
     async def renew(self, request_ids: list[str]) -> None:
         """Extend this owner's leases on requests it is still running."""

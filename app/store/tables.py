@@ -51,6 +51,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def sqlite_text(value: datetime) -> str:
+    """The text SQLite holds for a ``UTCDateTime`` (SQLAlchemy's storage format for it), for
+    statements that bypass the column type."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def sqlite_datetime(text: str) -> datetime:
+    """A ``UTCDateTime`` from the text SQLite holds for it (with or without microseconds)."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
 # SQLite only auto-assigns an INTEGER PRIMARY KEY (the rowid); other backends get BIGINT.
 EventId = BigInteger().with_variant(Integer(), "sqlite")
 
