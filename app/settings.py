@@ -68,7 +68,7 @@ class Settings:
     """Queued plus running requests one user may have (429 beyond)."""
     rate_per_minute: int = 30
     """New requests one user may create per mode in any 60 seconds (429 beyond)."""
-    shed_lag_ms: float = 50.0
+    shed_lag_ms: float = 30.0
     """New requests get 429 while the event loop, or the log's commits, run this late on
     average (0 = never)."""
     jwt_secret: str = field(default="", repr=False)

@@ -371,7 +371,8 @@ _INSERT_REQUEST = (
 
 def driver_of(conn: Connection) -> sqlite3.Connection:
     """The ``sqlite3`` connection under a SQLAlchemy one, inside its transaction: the group
-    commit's statements run on it directly, each a C call with no SQLAlchemy around it."""
+    commit's and the claim's statements run on it directly (``sqlite_sql``), each a C call
+    with no SQLAlchemy around it."""
     return cast(sqlite3.Connection, conn.connection.driver_connection)
 
 

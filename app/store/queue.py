@@ -173,7 +173,8 @@ class WorkQueue:
 
 
 _UNCLAIMED = (requests.c.status == "queued") & requests.c.lease_owner.is_(None)
-"""What a claim may take: the look on a read connection and the claim share it."""
+"""What a claim may take: the look on a read connection and the claim share it (on SQLite
+the claim is ``sqlite_sql.CLAIM``, which states the same condition)."""
 _CLAIMABLE = select(requests.c.request_id).where(_UNCLAIMED).limit(1)
 
 

@@ -318,6 +318,8 @@ async def test_a_batch_claim_takes_the_oldest_in_order_with_their_created_events
         assert claim.created is not None
         assert claim.created.seq == 1
         assert isinstance(claim.created.payload(), ev.Created)
+        # The claim reads the event its own way (plain statements on SQLite): the same.
+        assert claim.created == (await log.read(claim.request_id))[0]
     rest = await queue.claim(10)
     assert [c.request_id for c in rest] == ids[3:], "nothing is claimed twice"
     assert await queue.claim(10) == []
