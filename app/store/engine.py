@@ -1,6 +1,8 @@
 """Database engines for the log, and the two ways the service talks to them.
 
-Everything backend-specific lives here. The service runs its statements as plain
+What differs by backend lives here, but for the SQLite statements of the write
+transactions (``sqlite_sql``, called from the log and the queue). The service runs its
+statements as plain
 functions of a synchronous SQLAlchemy ``Connection``, through ``Engines.transact`` (one
 write transaction) and ``Engines.query`` (a read):
 

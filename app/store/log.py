@@ -610,7 +610,8 @@ def _load_admission(conn: Connection, news: list[NewRequest], at: datetime) -> _
 
 
 def _load_admission_sqlite(conn: Connection, news: list[NewRequest], at: datetime) -> _Admission:
-    """``_load_admission`` as plain statements on the driver's connection (``sqlite_sql``)."""
+    """``_load_admission`` as plain statements on the driver's connection (``sqlite_sql``;
+    the rare busy-field check stays Core)."""
     db = driver_of(conn)
     admission = _Admission(at=at)
     if news:

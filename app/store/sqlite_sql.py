@@ -1,14 +1,15 @@
-"""The write transactions' statements on SQLite, as plain statements on the driver's
-connection (``engine.driver_of``): the group commit's reads, and the claim.
+"""The group commit's reads and the claim on SQLite, as plain statements on the driver's
+connection (``engine.driver_of``; the group commit's inserts and updates are
+``Engines.insert_requests``, ``insert_events`` and ``update_heads``).
 
 They run while the process holds the database's write lock (with worker processes, the
 other workers wait for it), on a thread that holds the interpreter lock against the
-event loop while it runs Python. Through SQLAlchemy Core, the batch's heads and
-admission's three counts took 1.4 ms of CPU per group commit that admitted a creation,
-and a claim 1.1 ms; as plain ``sqlite3`` statements, a fraction of that
-(docs/benchmarks.md). On PostgreSQL the same work runs as Core statements
-(``app/store/log.py``, ``app/store/queue.py``); the store contract suite holds both to
-the same behaviour, and a query-plan test keeps these on their indexes.
+event loop while it runs Python. With SQLAlchemy Core, a group commit of 20 appends (5
+of them creations) took 2.9-3.7 ms of CPU and a claim 1.15 ms; as plain ``sqlite3``
+statements, 0.8-1.3 ms and 0.31 ms (docs/benchmarks.md). On PostgreSQL the same work
+runs as Core statements (``app/store/log.py``, ``app/store/queue.py``); the store
+contract suite (``scripts/test`` runs it on both) holds both to the same behaviour, and
+a query-plan test keeps these on their indexes.
 """
 
 from __future__ import annotations

@@ -54,7 +54,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 def sqlite_text(value: datetime) -> str:
     """The text SQLite holds for a ``UTCDateTime`` (SQLAlchemy's storage format for it), for
     statements that bypass the column type."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def sqlite_datetime(text: str) -> datetime:

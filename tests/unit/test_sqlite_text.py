@@ -38,5 +38,10 @@ def test_text_order_is_time_order() -> None:
 def test_sqlite_datetime_reads_the_text_back_with_or_without_microseconds() -> None:
     value = datetime(2026, 11, 21, 12, 0, 0, 5, tzinfo=UTC)
     assert sqlite_datetime(sqlite_text(value)) == value
-    # What the driver's own adapter wrote for a whole second (rows of earlier releases).
+    # As the driver's own adapter writes a whole second (a row written by another tool).
     assert sqlite_datetime("2026-11-21 12:00:00") == datetime(2026, 11, 21, 12, tzinfo=UTC)
+
+
+def test_a_naive_datetime_is_refused_as_the_column_refuses_it() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        sqlite_text(datetime(2026, 11, 21, 12, 0, 0))
