@@ -203,8 +203,11 @@ class Engines:
             _INSERT_REQUEST, [(*(r[c] for c in _HEADER), when, when) for r in rows]
         )
 
-    def insert_events(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
-        """Insert event rows (``request_id, seq, type, v, data, at``); their ids, in order.
+    def insert_events(
+        self, conn: Connection, rows: list[dict[str, Any]], at: datetime
+    ) -> list[int]:
+        """Insert event rows (``request_id, seq, type, v, data``), committed ``at``; their ids,
+        in order.
 
         SQLite: one ``executemany`` of a prepared statement on the driver's connection (its
         C loop; no SQLAlchemy in between), and the ids computed rather than returned. The
@@ -215,15 +218,13 @@ class Engines:
             return []
         if self.postgres:
             statement = insert(events).returning(events.c.id, sort_by_parameter_order=True)
-            return [row[0] for row in conn.execute(statement, rows)]
-        texts: dict[datetime, str] = {}
+            stamped = [{**r, "at": at} for r in rows]
+            return [row[0] for row in conn.execute(statement, stamped)]
+        when = sqlite_text(at)
         db = driver_of(conn)
         db.executemany(
             "INSERT INTO events (request_id, seq, type, v, data, at) VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (r["request_id"], r["seq"], r["type"], r["v"], r["data"], _text(texts, r["at"]))
-                for r in rows
-            ],
+            [(r["request_id"], r["seq"], r["type"], r["v"], r["data"], when) for r in rows],
         )
         last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
         return list(range(last - len(rows) + 1, last + 1))
@@ -387,11 +388,3 @@ def _wrapped_driver_errors() -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
-
-
-def _text(texts: dict[datetime, str], value: datetime) -> str:
-    """``sqlite_text(value)``, once per distinct value (a commit's events share one)."""
-    found = texts.get(value)
-    if found is None:
-        found = texts[value] = sqlite_text(value)
-    return found

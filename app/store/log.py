@@ -13,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -357,14 +357,13 @@ class EventLog:
                         "type": type_,
                         "v": self._upcasters.current_version(type_),
                         "data": data.decode(),
-                        "at": at,
                     }
                 )
             current.touched = True
             outcomes.append([])
             spans.append((start, len(event_rows)))
         self._engines.insert_requests(conn, new_rows, at)
-        ids = self._engines.insert_events(conn, event_rows)
+        ids = self._engines.insert_events(conn, event_rows, at)
         heads = {rid: (s.last_seq, s.status) for rid, s in state.items() if s.touched}
         self._engines.notify_appended(conn, {rid: seq for rid, (seq, _) in heads.items()})
         self._engines.update_heads(conn, heads, at)
@@ -575,61 +574,43 @@ class _Admission:
 
 
 def _load_admission(conn: Connection, news: list[NewRequest], at: datetime) -> _Admission:
-    if conn.dialect.name == "sqlite":
-        return _load_admission_sqlite(conn, news, at)
+    """What the limits need for ``news``; on SQLite as plain statements on the driver's
+    connection (``sqlite_sql``), elsewhere as Core (the rare busy-field check is Core)."""
+    db = driver_of(conn) if conn.dialect.name == "sqlite" else None
     admission = _Admission(at=at)
     if news:
-        admission.queued = int(
-            conn.scalar(
-                select(func.count()).select_from(requests).where(requests.c.status == "queued")
-            )
-            or 0
-        )
+        admission.queued = _queued(conn) if db is None else sqlite_sql.queued(db)
     users = sorted({n.user_id for n in news if n.max_active is not None})
     if users:
-        counts = conn.execute(
-            select(requests.c.user_id, func.count().label("n"))
-            .where(requests.c.user_id.in_(users), requests.c.status.in_(ACTIVE_STATUSES))
-            .group_by(requests.c.user_id)
-        )
-        admission.active = {str(row.user_id): int(row.n) for row in counts}
+        admission.active = _active(conn, users) if db is None else sqlite_sql.active(db, users)
     rated = [n for n in news if n.max_per_minute is not None]
     if rated:
-        window = conn.execute(
-            rate_window(
-                sorted({n.user_id for n in rated}),
-                sorted({n.mode for n in rated}),
-                at - RATE_WINDOW,
-            )
+        who, modes = sorted({n.user_id for n in rated}), sorted({n.mode for n in rated})
+        since = at - RATE_WINDOW
+        window: Sequence[Any] = (
+            conn.execute(rate_window(who, modes, since)).all()
+            if db is None
+            else sqlite_sql.recent(db, who, modes, sqlite_text(since))
         )
         admission.recent = {
-            (str(row.user_id), str(row.mode)): (int(row.n), aware_utc(row.oldest)) for row in window
+            (str(user), str(mode)): (int(n), aware_utc(oldest)) for user, mode, n, oldest in window
         }
     admission.elements = _busy_elements(conn, news)
     return admission
 
 
-def _load_admission_sqlite(conn: Connection, news: list[NewRequest], at: datetime) -> _Admission:
-    """``_load_admission`` as plain statements on the driver's connection (``sqlite_sql``;
-    the rare busy-field check stays Core)."""
-    db = driver_of(conn)
-    admission = _Admission(at=at)
-    if news:
-        admission.queued = sqlite_sql.queued(db)
-    users = sorted({n.user_id for n in news if n.max_active is not None})
-    if users:
-        admission.active = sqlite_sql.active(db, users)
-    rated = [n for n in news if n.max_per_minute is not None]
-    if rated:
-        window = sqlite_sql.recent(
-            db,
-            sorted({n.user_id for n in rated}),
-            sorted({n.mode for n in rated}),
-            sqlite_text(at - RATE_WINDOW),
-        )
-        admission.recent = {(u, mode): (n, aware_utc(oldest)) for u, mode, n, oldest in window}
-    admission.elements = _busy_elements(conn, news)
-    return admission
+def _queued(conn: Connection) -> int:
+    count = select(func.count()).select_from(requests).where(requests.c.status == "queued")
+    return int(conn.scalar(count) or 0)
+
+
+def _active(conn: Connection, users: list[str]) -> dict[str, int]:
+    counts: Any = conn.execute(
+        select(requests.c.user_id, func.count())
+        .where(requests.c.user_id.in_(users), requests.c.status.in_(ACTIVE_STATUSES))
+        .group_by(requests.c.user_id)
+    )
+    return {str(user): int(n) for user, n in counts}
 
 
 def _busy_elements(conn: Connection, news: list[NewRequest]) -> dict[tuple[str, str], str]:
@@ -720,9 +701,12 @@ def _settle(item: _Append, outcome: list[StoredEvent] | BaseException) -> None:
         item.done.set_result(outcome)
 
 
-def stored_event(request_id: str, row: Row[Any], upcasters: UpcasterRegistry) -> StoredEvent:
-    """A stored event from a row of the events table, its payload upcast."""
-    m = row._mapping
+def stored_event(
+    request_id: str, row: Row[Any] | Mapping[str, Any], upcasters: UpcasterRegistry
+) -> StoredEvent:
+    """A stored event from a row of the events table (or its columns by name), its payload
+    upcast."""
+    m = row._mapping if isinstance(row, Row) else row
     return StoredEvent(
         id=m["id"],
         request_id=request_id,

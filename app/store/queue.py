@@ -17,7 +17,7 @@ from app.domain.events import UPCASTERS, StoredEvent, UpcasterRegistry, utcnow
 from app.store import sqlite_sql
 from app.store.engine import Engines, driver_of
 from app.store.log import EVENT_COLUMNS, stored_event
-from app.store.tables import events, requests, sqlite_datetime, sqlite_text
+from app.store.tables import events, requests, sqlite_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,22 +112,10 @@ class WorkQueue:
         if not ids:
             return []
         first = sqlite_sql.firsts(db, ids)
-        return [Claim(rid, self._created(rid, first.get(rid))) for rid in ids]
-
-    def _created(
-        self, request_id: str, row: tuple[int, int, str, int, str, str] | None
-    ) -> StoredEvent | None:
-        if row is None:
-            return None
-        id_, seq, type_, v, data, at = row
-        return StoredEvent(
-            id=id_,
-            request_id=request_id,
-            seq=seq,
-            type=type_,
-            at=sqlite_datetime(at),
-            data=self._upcasters.upcast(type_, v, data.encode()),
-        )
+        return [
+            Claim(rid, stored_event(rid, first[rid], self._upcasters) if rid in first else None)
+            for rid in ids
+        ]
 
     async def renew(self, request_ids: list[str]) -> None:
         """Extend this owner's leases on requests it is still running."""

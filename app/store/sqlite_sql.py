@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from app.domain.events import ACTIVE_STATUSES
+from app.store.tables import sqlite_datetime
 
 _ACTIVE = sorted(ACTIVE_STATUSES)
 
@@ -104,9 +105,12 @@ def claim(db: sqlite3.Connection, owner: str, until: str, limit: int) -> list[tu
     return sorted(((str(rid), str(created)) for rid, created in rows), key=lambda r: (r[1], r[0]))
 
 
-def firsts(
-    db: sqlite3.Connection, request_ids: Sequence[str]
-) -> dict[str, tuple[int, int, str, int, str, str]]:
-    """Each request's first event: ``(id, seq, type, v, data, at)`` by request."""
+def firsts(db: sqlite3.Connection, request_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each request's first event, its columns by name (``at`` as a datetime), by request:
+    what ``log.stored_event`` reads."""
     rows = db.execute(firsts_sql(len(request_ids)), tuple(request_ids)).fetchall()
-    return {str(row[0]): tuple(row[1:]) for row in rows}
+    columns = ("id", "seq", "type", "v", "data")
+    return {
+        str(rid): {**dict(zip(columns, rest, strict=True)), "at": sqlite_datetime(at)}
+        for rid, *rest, at in rows
+    }
