@@ -182,6 +182,14 @@ async def metrics(request: Request[Any, Any, State], state: State) -> Response[s
     lines += log_stats.batch_sizes.exposition(
         "genstream_log_batch_size", "Appends committed per group-commit transaction."
     )
+    lines += log_stats.write_delay_s.exposition(
+        "genstream_log_write_delay_seconds",
+        "Per group commit, from its oldest append's arrival to its events' publication.",
+    )
+    lines += log_stats.transaction_s.exposition(
+        "genstream_log_transaction_seconds",
+        "Per group commit, from its hand-over to the database until the commit returned.",
+    )
     metric("genstream_sse_open_streams", "gauge", "Open SSE connections.", {"": streams.open})
     metric(
         "genstream_sse_connections_total", "counter", "SSE connections opened.", {"": streams.total}

@@ -42,7 +42,7 @@ from scripts.benchlib.processes import (
     start_service,
     wait_ready,
 )
-from scripts.benchlib.stats import Summary, rate, summarize
+from scripts.benchlib.stats import HistogramWindow, Summary, histogram_window, rate, summarize
 from scripts.benchlib.verify import VerifySummary, check_stream, summarize_checks
 
 RSS_PERIOD_S = 0.5
@@ -113,6 +113,10 @@ class TargetResult:
     """Cores other processes used just before the load (the wait for quiet ended there)."""
     client_lag: Summary | None = None
     events_per_commit: float = math.nan
+    write_delay: HistogramWindow | None = None
+    """The service's group commits in the window: oldest append's arrival to publication."""
+    transaction: HistogramWindow | None = None
+    """The same commits' transactions, lock waits included."""
     verify: VerifySummary = field(default_factory=VerifySummary)
     unfinished_slots: int = 0
     errors: dict[str, int] = field(default_factory=dict)
@@ -142,6 +146,8 @@ class _Samples:
     machine_busy: float = math.nan
     interrupts: float = math.nan
     events_per_commit: float = math.nan
+    write_delay: HistogramWindow | None = None
+    transaction: HistogramWindow | None = None
 
 
 async def _metrics(port: int, workers: int = 1) -> dict[str, float]:
@@ -209,6 +215,8 @@ async def _monitor(
         "genstream_log_events_total", 0
     )
     out.events_per_commit = events / commits if commits else math.nan
+    out.write_delay = histogram_window("genstream_log_write_delay_seconds", metrics0, metrics1)
+    out.transaction = histogram_window("genstream_log_transaction_seconds", metrics0, metrics1)
     await lag
 
 
@@ -286,6 +294,8 @@ def _fill(result: TargetResult, rec: Recorder, samples: _Samples, rss_idle: floa
     result.interrupts = samples.interrupts
     result.client_lag = summarize(samples.lags)
     result.events_per_commit = samples.events_per_commit
+    result.write_delay = samples.write_delay
+    result.transaction = samples.transaction
     result.errors = dict(rec.errors.most_common())
 
 

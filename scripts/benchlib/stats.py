@@ -77,3 +77,42 @@ def format_number(value: float | None, digits: int = 1) -> str:
 def rate(count: int, seconds: float) -> float:
     """``count`` per second over ``seconds`` (NaN for an empty interval)."""
     return count / seconds if seconds > 0 else math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramWindow:
+    """What a Prometheus histogram of the service recorded between two scrapes."""
+
+    count: float
+    total: float
+    buckets: tuple[tuple[float, float], ...]
+    """(upper bound, cumulative count) in the window, by bound, ``+Inf`` last."""
+
+    @property
+    def mean(self) -> float:
+        """The mean observation; NaN when there was none."""
+        return self.total / self.count if self.count else math.nan
+
+    def quantile_bound(self, q: float) -> float:
+        """The upper bound of the bucket holding the ``q``-th quantile (0..1): the
+        quantile is at most this. NaN when there was no observation."""
+        if not self.count:
+            return math.nan
+        return next(bound for bound, cumulative in self.buckets if cumulative >= q * self.count)
+
+
+def histogram_window(
+    name: str, before: dict[str, float], after: dict[str, float]
+) -> HistogramWindow:
+    """The observations of histogram ``name`` between two scrapes (metric name -> value)."""
+    prefix = f'{name}_bucket{{le="'
+    buckets = sorted(
+        (float(key[len(prefix) : -2]), value - before.get(key, 0.0))
+        for key, value in after.items()
+        if key.startswith(prefix)
+    )
+    return HistogramWindow(
+        count=after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0),
+        total=after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0),
+        buckets=tuple(buckets),
+    )

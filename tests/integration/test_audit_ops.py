@@ -149,6 +149,15 @@ async def test_metrics_and_logs(populated: Any) -> None:
     # cancelled one if a runner had taken it before the cancel.
     endings = re.findall(r"^genstream_generations_total\{[^}]*\} (\d+)$", text, re.M)
     assert f"genstream_generation_duration_seconds_count {sum(map(int, endings))}\n" in text
+    # Each group commit's transaction is timed; its write delay (queue wait, transaction,
+    # publication) is at least as long.
+    (commits,) = re.findall(r"^genstream_log_commits_total (\d+)$", text, re.M)
+    assert f"genstream_log_transaction_seconds_count {commits}\n" in text
+    sums = {
+        name: float(value)
+        for name, value in re.findall(r"^genstream_log_(\w+)_seconds_sum (\S+)$", text, re.M)
+    }
+    assert 0 < sums["transaction"] <= sums["write_delay"]
     log = service.log()
     for rid in ids["alice"]:
         assert f"request_id={rid}" in log and "generation started" in log

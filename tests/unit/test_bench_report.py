@@ -47,6 +47,27 @@ def test_summarize_sorts_and_reports_the_tail() -> None:
     assert summary.mean == pytest.approx(50.5)
 
 
+def test_a_histogram_window_is_the_difference_of_two_scrapes() -> None:
+    name = "genstream_log_write_delay_seconds"
+
+    def scrape(fast: float, slow: float, count: float, total: float) -> dict[str, float]:
+        buckets = {"0.01": fast, "0.05": slow, "+Inf": count}
+        return {f'{name}_bucket{{le="{le}"}}': n for le, n in buckets.items()} | {
+            f"{name}_count": count,
+            f"{name}_sum": total,
+        }
+
+    before, after = scrape(5, 6, 6, 0.05), scrape(95, 105, 106, 0.85)
+    window = stats.histogram_window(name, before, after)
+    assert window.count == 100 and window.mean == pytest.approx(0.008)
+    assert window.buckets == ((0.01, 90.0), (0.05, 99.0), (math.inf, 100.0))
+    assert window.quantile_bound(0.5) == 0.01
+    assert window.quantile_bound(0.99) == 0.05
+    assert window.quantile_bound(1.0) == math.inf
+    empty = stats.histogram_window(name, after, after)
+    assert math.isnan(empty.mean) and math.isnan(empty.quantile_bound(0.99))
+
+
 def test_summarize_of_nothing_has_no_figures() -> None:
     summary = stats.summarize([])
     assert summary.n == 0
