@@ -184,11 +184,11 @@ async def metrics(request: Request[Any, Any, State], state: State) -> Response[s
     )
     lines += log_stats.write_delay_s.exposition(
         "genstream_log_write_delay_seconds",
-        "Per group commit, from its oldest append's arrival to its events' publication.",
+        "Per batch of appends, from the oldest one's arrival until all were answered.",
     )
     lines += log_stats.transaction_s.exposition(
         "genstream_log_transaction_seconds",
-        "Per group commit, from its hand-over to the database until the commit returned.",
+        "Per committed transaction, from its hand-over to the database until it came back.",
     )
     metric("genstream_sse_open_streams", "gauge", "Open SSE connections.", {"": streams.open})
     metric(

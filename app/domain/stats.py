@@ -69,6 +69,6 @@ class Histogram:
             running += count
             lines.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
         lines.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{name}_sum {self.sum:g}")
+        lines.append(f"{name}_sum {self.sum!r}")
         lines.append(f"{name}_count {self.count}")
         return lines

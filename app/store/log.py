@@ -140,10 +140,11 @@ class LogStats:
         default_factory=lambda: Histogram([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024])
     )
     write_delay_s: Histogram = field(default_factory=lambda: Histogram(DELAY_BOUNDS_S))
-    """Per group commit: from its oldest append's arrival to its events' publication."""
+    """Per batch of appends: from its oldest append's arrival until every append of the
+    batch was answered (committed and published, or refused)."""
     transaction_s: Histogram = field(default_factory=lambda: Histogram(DELAY_BOUNDS_S))
-    """Per group commit: from its hand-over to the database until the commit returned
-    (on SQLite, with the turns waited at the write lock)."""
+    """Per transaction that committed: from its hand-over to the database's thread until
+    the event loop had it back (on SQLite, with the turns waited at the write lock)."""
 
 
 @dataclass(slots=True)

@@ -137,7 +137,7 @@ def _row(name: str, service: str, relay: str, cost: str = "") -> str:
 
 def _window_ms(window: HistogramWindow | None) -> str:
     """A service histogram's mean and p99 bucket bound in milliseconds, n/a when empty."""
-    if window is None or not window.count:
+    if window is None or window.count <= 0:
         return "n/a"
     return f"{window.mean * 1000:.1f} / {window.quantile_bound(0.99) * 1000:g}"
 
@@ -233,7 +233,7 @@ def level_table(service: TargetResult, relay: TargetResult | None) -> list[str]:
             *both(lambda t: _window_ms(t.write_delay)),
         ),
         _row(
-            "group commit: transaction with lock waits, mean / p99 at most (ms)",
+            "group commit: transaction round trip with lock waits, mean / p99 at most (ms)",
             *both(lambda t: _window_ms(t.transaction)),
         ),
         _row(

@@ -114,9 +114,9 @@ class TargetResult:
     client_lag: Summary | None = None
     events_per_commit: float = math.nan
     write_delay: HistogramWindow | None = None
-    """The service's group commits in the window: oldest append's arrival to publication."""
+    """The service's group commits in the window: oldest append's arrival to answer."""
     transaction: HistogramWindow | None = None
-    """The same commits' transactions, lock waits included."""
+    """Their transactions' round trips from the event loop, lock waits included."""
     verify: VerifySummary = field(default_factory=VerifySummary)
     unfinished_slots: int = 0
     errors: dict[str, int] = field(default_factory=dict)

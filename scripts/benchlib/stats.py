@@ -96,15 +96,21 @@ class HistogramWindow:
     def quantile_bound(self, q: float) -> float:
         """The upper bound of the bucket holding the ``q``-th quantile (0..1): the
         quantile is at most this. NaN when there was no observation."""
-        if not self.count:
+        if self.count <= 0:
             return math.nan
-        return next(bound for bound, cumulative in self.buckets if cumulative >= q * self.count)
+        return next(
+            (bound for bound, cumulative in self.buckets if cumulative >= q * self.count),
+            math.nan,
+        )
 
 
 def histogram_window(
     name: str, before: dict[str, float], after: dict[str, float]
-) -> HistogramWindow:
-    """The observations of histogram ``name`` between two scrapes (metric name -> value)."""
+) -> HistogramWindow | None:
+    """The observations of histogram ``name`` between two scrapes (metric name -> value);
+    None when either scrape failed (an empty one)."""
+    if not before or not after:
+        return None
     prefix = f'{name}_bucket{{le="'
     buckets = sorted(
         (float(key[len(prefix) : -2]), value - before.get(key, 0.0))

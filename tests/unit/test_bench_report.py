@@ -59,13 +59,16 @@ def test_a_histogram_window_is_the_difference_of_two_scrapes() -> None:
 
     before, after = scrape(5, 6, 6, 0.05), scrape(95, 105, 106, 0.85)
     window = stats.histogram_window(name, before, after)
+    assert window is not None
     assert window.count == 100 and window.mean == pytest.approx(0.008)
     assert window.buckets == ((0.01, 90.0), (0.05, 99.0), (math.inf, 100.0))
     assert window.quantile_bound(0.5) == 0.01
     assert window.quantile_bound(0.99) == 0.05
     assert window.quantile_bound(1.0) == math.inf
     empty = stats.histogram_window(name, after, after)
+    assert empty is not None
     assert math.isnan(empty.mean) and math.isnan(empty.quantile_bound(0.99))
+    assert stats.histogram_window(name, before, {}) is None
 
 
 def test_summarize_of_nothing_has_no_figures() -> None:
