@@ -2,9 +2,8 @@
 
 What differs by backend lives here, but for the SQLite statements of the write
 transactions (``sqlite_sql``, called from the log and the queue). The service runs its
-statements as plain
-functions of a synchronous SQLAlchemy ``Connection``, through ``Engines.transact`` (one
-write transaction) and ``Engines.query`` (a read):
+statements as plain functions of a synchronous SQLAlchemy ``Connection``, through
+``Engines.transact`` (one write transaction) and ``Engines.query`` (a read):
 
 - SQLite: those functions run on worker threads with the standard ``sqlite3`` driver, one
   hand-off per transaction however many statements it holds. (Through aiosqlite every
