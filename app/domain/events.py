@@ -8,6 +8,7 @@ version ``v``; old versions are brought up to date on read by pure upcasters key
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
@@ -275,8 +276,13 @@ def decode_payload(type_: str, data: bytes) -> AnyPayload:
     return result
 
 
+@functools.lru_cache(maxsize=64)
 def format_at(at: datetime) -> str:
-    """RFC 3339 UTC timestamp with microseconds, as sent to clients."""
+    """RFC 3339 UTC timestamp with microseconds, as sent to clients.
+
+    Remembers its last few answers: the events of one group commit share their
+    timestamp, so a commit's envelopes format it once.
+    """
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

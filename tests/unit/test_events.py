@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
 import pytest
@@ -16,6 +16,7 @@ from app.domain.events import (
     encode_payload,
     envelope_json,
     event_type,
+    format_at,
     status_after,
 )
 
@@ -70,6 +71,15 @@ def test_envelope_is_spliced_byte_for_byte() -> None:
     )
     empty = msgspec.structs.replace(event, data=b"{}")
     assert envelope_json(empty).endswith(b'"at":"2026-11-21T03:04:05.000006Z"}')
+
+
+def test_timestamps_are_sent_in_utc_whatever_zone_they_were_read_in() -> None:
+    # format_at remembers recent answers: the same instant in two zones is one key, and
+    # the next instant, one microsecond on, is another.
+    at = datetime(2026, 11, 21, 23, 59, 59, 999_999, tzinfo=UTC)
+    east = at.astimezone(timezone(timedelta(hours=2)))
+    assert format_at(east) == format_at(at) == "2026-11-21T23:59:59.999999Z"
+    assert format_at(east + timedelta(microseconds=1)) == "2026-11-22T00:00:00.000000Z"
 
 
 def test_unknown_type_is_refused() -> None:
