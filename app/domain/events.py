@@ -276,14 +276,17 @@ def decode_payload(type_: str, data: bytes) -> AnyPayload:
     return result
 
 
-@functools.lru_cache(maxsize=64)
 def format_at(at: datetime) -> str:
-    """RFC 3339 UTC timestamp with microseconds, as sent to clients.
+    """RFC 3339 UTC timestamp with microseconds, as sent to clients."""
+    return _format_utc(at.astimezone(UTC))
 
-    Remembers its last few answers: the events of one group commit share their
-    timestamp, so a commit's envelopes format it once.
-    """
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+@functools.lru_cache(maxsize=64)
+def _format_utc(at: datetime) -> str:
+    # Remembers its last few answers: the events of one group commit share their
+    # timestamp, so a commit's envelopes format it once. Keyed on the UTC time, where
+    # equal means the same string (equal local times can differ in zone or fold).
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def envelope_json(event: StoredEvent) -> bytes:

@@ -74,8 +74,12 @@ def test_envelope_is_spliced_byte_for_byte() -> None:
 
 
 def test_timestamps_are_sent_in_utc_whatever_zone_they_were_read_in() -> None:
-    # format_at remembers recent answers: the same instant in two zones is one key, and
-    # the next instant, one microsecond on, is another.
+    # format_at remembers recent answers: equal instants share one, equal wall clocks in
+    # different zones must not, and one microsecond on is another.
+    noon = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    assert format_at(noon) == "2026-11-21T12:00:00.000000Z"
+    noon_east = noon.replace(tzinfo=timezone(timedelta(hours=2)))
+    assert format_at(noon_east) == "2026-11-21T10:00:00.000000Z"
     at = datetime(2026, 11, 21, 23, 59, 59, 999_999, tzinfo=UTC)
     east = at.astimezone(timezone(timedelta(hours=2)))
     assert format_at(east) == format_at(at) == "2026-11-21T23:59:59.999999Z"
