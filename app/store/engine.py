@@ -63,6 +63,10 @@ from app.store.tables import events, requests, sqlite_text
 
 T = TypeVar("T")
 
+EventRow = tuple[str, int, str, int, str]
+"""An event's row as the group commit builds it, in ``EVENT_ROW``'s column order."""
+EVENT_ROW = ("request_id", "seq", "type", "v", "data")
+
 NOTIFY_CHANNEL = "genstream_events"
 
 
@@ -202,11 +206,8 @@ class Engines:
             _INSERT_REQUEST, [(*(r[c] for c in _HEADER), when, when) for r in rows]
         )
 
-    def insert_events(
-        self, conn: Connection, rows: list[dict[str, Any]], at: datetime
-    ) -> list[int]:
-        """Insert event rows (``request_id, seq, type, v, data``), committed ``at``; their ids,
-        in order.
+    def insert_events(self, conn: Connection, rows: list[EventRow], at: datetime) -> list[int]:
+        """Insert event rows (``EVENT_ROW`` columns), committed ``at``; their ids, in order.
 
         SQLite: one ``executemany`` of a prepared statement on the driver's connection (its
         C loop; no SQLAlchemy in between), and the ids computed rather than returned. The
@@ -217,13 +218,13 @@ class Engines:
             return []
         if self.postgres:
             statement = insert(events).returning(events.c.id, sort_by_parameter_order=True)
-            stamped = [{**r, "at": at} for r in rows]
+            stamped = [{**dict(zip(EVENT_ROW, r, strict=True)), "at": at} for r in rows]
             return [row[0] for row in conn.execute(statement, stamped)]
         when = sqlite_text(at)
         db = driver_of(conn)
         db.executemany(
             "INSERT INTO events (request_id, seq, type, v, data, at) VALUES (?, ?, ?, ?, ?, ?)",
-            [(r["request_id"], r["seq"], r["type"], r["v"], r["data"], when) for r in rows],
+            [(*r, when) for r in rows],
         )
         last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
         return list(range(last - len(rows) + 1, last + 1))

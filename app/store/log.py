@@ -39,7 +39,7 @@ from app.domain.events import (
 )
 from app.domain.stats import Histogram
 from app.store import sqlite_sql
-from app.store.engine import Engines, driver_of
+from app.store.engine import Engines, EventRow, driver_of
 from app.store.hub import Committed, Hub
 from app.store.tables import events, requests, sqlite_text
 
@@ -339,7 +339,7 @@ class EventLog:
         # creations cannot both slip under a limit.
         admission = _load_admission(conn, [i.new for i in batch if i.new is not None], at)
         new_rows: list[dict[str, object]] = []
-        event_rows: list[dict[str, object]] = []
+        event_rows: list[EventRow] = []
         written: list[tuple[str, int, str, bytes]] = []
         outcomes: list[list[StoredEvent] | Exception] = []
         spans: list[tuple[int, int]] = []
@@ -361,16 +361,9 @@ class EventLog:
                 current.last_seq += 1
                 current.status = status_after(payload) or current.status
                 type_, data = event_type(payload), encode_payload(payload)
-                written.append((item.request_id, current.last_seq, type_, data))
-                event_rows.append(
-                    {
-                        "request_id": item.request_id,
-                        "seq": current.last_seq,
-                        "type": type_,
-                        "v": self._upcasters.current_version(type_),
-                        "data": data.decode(),
-                    }
-                )
+                seq, version = current.last_seq, self._upcasters.current_version(type_)
+                written.append((item.request_id, seq, type_, data))
+                event_rows.append((item.request_id, seq, type_, version, data.decode()))
             current.touched = True
             outcomes.append([])
             spans.append((start, len(event_rows)))
