@@ -13,7 +13,9 @@ Tokens are never logged: nothing here, nor the error handlers, writes a query st
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,12 +69,33 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def read_token(secret: str, raw: str) -> Principal:
+def read_token(secret: str, raw: str, *, now: float | None = None) -> Principal:
     """The principal a token proves; 401 with the reason when it proves nothing.
 
+    A client sends the same token with each of its requests, so a token's signature and
+    claims are checked once and remembered (the last ``TOKENS_REMEMBERED`` tokens); its
+    expiry is checked on every use, against ``now`` (default: the clock).
+    """
+    principal, expires = _verified(secret, raw)
+    now = time.time() if now is None else now
+    # User tokens get CLOCK_SKEW of leeway, as in PyJWT; stream tokens, minted on this
+    # service's clock, get none.
+    leeway = 0.0 if principal.stream_of is not None else CLOCK_SKEW.total_seconds()
+    if expires <= now - leeway:
+        raise NotAuthorizedException("the token has expired; mint a new one")
+    return principal
+
+
+TOKENS_REMEMBERED = 4096
+
+
+@functools.lru_cache(maxsize=TOKENS_REMEMBERED)
+def _verified(secret: str, raw: str) -> tuple[Principal, float]:
+    """The principal a token proves and when it expires; 401 when it proves nothing.
+
     Decoded with PyJWT directly: Litestar's ``Token.decode`` also demands ``iat`` and
-    refuses any clock skew, and tokens from other issuers often lack ``iat``. User tokens
-    get ``CLOCK_SKEW`` of leeway; stream tokens, minted here, get none.
+    refuses any clock skew, and tokens from other issuers often lack ``iat``. A failure is
+    raised, so it is not remembered: a bad token is checked again each time it is sent.
     """
     try:
         claims = jwt.decode(
@@ -98,11 +121,9 @@ def read_token(secret: str, raw: str) -> Principal:
         rid = claims.get("rid")
         if not isinstance(rid, str):
             raise NotAuthorizedException("the stream token names no request")
-        # This service minted it on its own clock: no leeway for skew.
-        if claims["exp"] <= datetime.now(UTC).timestamp():
-            raise NotAuthorizedException("the token has expired; mint a new one")
         stream_of = rid
-    return Principal(user_id=sub, admin=claims.get("role") == "admin", stream_of=stream_of)
+    principal = Principal(user_id=sub, admin=claims.get("role") == "admin", stream_of=stream_of)
+    return principal, float(claims["exp"])
 
 
 class AuthMiddleware(AbstractAuthenticationMiddleware):

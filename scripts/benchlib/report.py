@@ -215,6 +215,22 @@ def level_table(service: TargetResult, relay: TargetResult | None) -> list[str]:
             *both(lambda t: format_number(t.server_loop, 2)),
         ),
         _row(
+            "server CPU per delivered event, all threads / event loops (us)",
+            *both(
+                lambda t: (
+                    f"{format_number(t.cpu_us_per_event(t.server_cpu), 0)} / "
+                    f"{format_number(t.cpu_us_per_event(t.server_loop), 0)}"
+                )
+            ),
+            format_ratio(
+                ratio(
+                    service.cpu_us_per_event(service.server_cpu),
+                    r.cpu_us_per_event(r.server_cpu) if r else None,
+                )
+            )
+            + " (all)",
+        ),
+        _row(
             "load generator CPU (cores) / loop lag p99 (ms)",
             *both(lambda t: f"{format_number(t.client_cpu, 2)} / {_pcts(t.client_lag, ('p99',))}"),
         ),

@@ -129,6 +129,10 @@ class TargetResult:
         busy = (self.machine_busy - self.interrupts) * cores
         return busy - self.server_cpu - self.client_cpu
 
+    def cpu_us_per_event(self, cores: float) -> float:
+        """``cores`` of server CPU per delivered event, in microseconds."""
+        return cores / self.events_per_s * 1e6 if self.events_per_s > 0 else math.nan
+
     @property
     def kib_per_stream(self) -> float:
         """Server memory per open stream: (RSS under load - idle RSS) / streams."""

@@ -390,6 +390,18 @@ def test_the_generated_block_replaces_only_itself(tmp_path: Path) -> None:
     assert text.count(report.BEGIN) == 1
 
 
+def test_cpu_per_delivered_event_is_compared_with_the_relay() -> None:
+    service = _result("service", 2000, 30)
+    service.server_cpu, service.server_loop = 1.0, 0.6
+    relay = _result("relay", 2500, 15)
+    relay.server_cpu = relay.server_loop = 0.5
+    rows = report.level_table(service, relay)
+    row = next(line for line in rows if line.startswith("| server CPU per delivered event"))
+    assert row.endswith("| 500 / 300 | 200 / 200 | 2.50x (all) |")
+    idle = _result("relay", 0, 15)
+    assert math.isnan(idle.cpu_us_per_event(0.5))
+
+
 def test_marginal_memory_is_the_slope_between_levels() -> None:
     low = _result("service", 1, 1, load=10_000.0)
     high = _result("service", 1, 1, load=30_000.0)
