@@ -74,7 +74,8 @@ def read_token(secret: str, raw: str, *, now: float | None = None) -> Principal:
 
     A client sends the same token with each of its requests, so a token's signature and
     claims are checked once and remembered (the last ``TOKENS_REMEMBERED`` tokens); its
-    expiry is checked on every use, against ``now`` (default: the clock).
+    expiry is checked on every use, against ``now`` (default: the clock). The first
+    check, PyJWT's, always reads the clock, so ``now`` only moves the later ones.
     """
     principal, expires = _verified(secret, raw)
     now = time.time() if now is None else now
@@ -90,7 +91,7 @@ TOKENS_REMEMBERED = 4096
 
 
 @functools.lru_cache(maxsize=TOKENS_REMEMBERED)
-def _verified(secret: str, raw: str) -> tuple[Principal, float]:
+def _verified(secret: str, raw: str) -> tuple[Principal, int]:
     """The principal a token proves and when it expires; 401 when it proves nothing.
 
     Decoded with PyJWT directly: Litestar's ``Token.decode`` also demands ``iat`` and
@@ -123,7 +124,7 @@ def _verified(secret: str, raw: str) -> tuple[Principal, float]:
             raise NotAuthorizedException("the stream token names no request")
         stream_of = rid
     principal = Principal(user_id=sub, admin=claims.get("role") == "admin", stream_of=stream_of)
-    return principal, float(claims["exp"])
+    return principal, int(claims["exp"])  # (PyJWT compares it as an int too)
 
 
 class AuthMiddleware(AbstractAuthenticationMiddleware):

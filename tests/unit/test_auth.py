@@ -9,9 +9,14 @@ import jwt
 import pytest
 from litestar.exceptions import NotAuthorizedException
 
-from app.api.auth import CLOCK_SKEW, mint_token, read_token
+from app.api.auth import CLOCK_SKEW, _verified, mint_token, read_token
 
 SECRET = "unit-test-secret-of-at-least-32-bytes"
+
+
+@pytest.fixture(autouse=True)
+def _forget_tokens() -> None:
+    _verified.cache_clear()
 
 
 def test_a_remembered_user_token_still_expires_after_the_clock_skew() -> None:
@@ -19,16 +24,24 @@ def test_a_remembered_user_token_still_expires_after_the_clock_skew() -> None:
     now = time.time()
     assert read_token(SECRET, token, now=now).user_id == "alice"
     assert read_token(SECRET, token, now=now + 60).user_id == "alice", "within the skew"
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
     with pytest.raises(NotAuthorizedException, match="expired"):
-        read_token(SECRET, token, now=now + 61 + CLOCK_SKEW.total_seconds())
+        read_token(SECRET, token, now=expires + CLOCK_SKEW.total_seconds())
 
 
 def test_a_remembered_stream_token_expires_with_no_leeway() -> None:
     token = mint_token(SECRET, "alice", ttl=timedelta(minutes=1), stream_of="rid-1")
     now = time.time()
     assert read_token(SECRET, token, now=now).stream_of == "rid-1"
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
     with pytest.raises(NotAuthorizedException, match="expired"):
-        read_token(SECRET, token, now=now + 61)
+        read_token(SECRET, token, now=expires)
+
+
+def test_a_stream_token_just_expired_is_refused_on_first_sight() -> None:
+    token = mint_token(SECRET, "alice", ttl=-timedelta(seconds=5), stream_of="rid-1")
+    with pytest.raises(NotAuthorizedException, match="expired"):
+        read_token(SECRET, token)
 
 
 def test_a_token_signed_with_another_secret_is_refused_each_time() -> None:
