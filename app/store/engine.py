@@ -18,7 +18,9 @@ statements as plain functions of a synchronous SQLAlchemy ``Connection``, throug
   journal, ``synchronous``, busy timeout (for other processes,
   such as the CLI), ``BEGIN IMMEDIATE`` for writes: a deferred transaction that reads
   before it writes could fail with SQLITE_BUSY. Reads run in autocommit unless they ask
-  for a ``snapshot``.
+  for a ``snapshot``. A read of one row by primary key (``Engines.look_up``) runs on
+  the event loop's own connection instead, and on a reader thread only when SQLite is
+  busy.
 - PostgreSQL: the same functions run on the async engine through ``run_sync``. Several
   processes append at once, so each group commit first takes ``LOCK TABLE events IN
   EXCLUSIVE MODE`` (readers are not blocked). Group commits are then serialized across
@@ -81,8 +83,11 @@ class SQLiteThreads:
         busy_ms: int,
         readers: int = 4,
         write_lock: Path | None = None,
+        path: Path | None = None,
     ) -> None:
         sync_url = url.replace("sqlite+aiosqlite:", "sqlite+pysqlite:", 1)
+        self._path = path
+        self._loop_db: sqlite3.Connection | None = None
         # Other processes write to the same file: take turns on this lock file first.
         self._lock_fd = (
             None if write_lock is None else os.open(write_lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -105,6 +110,31 @@ class SQLiteThreads:
                 return fn(conn)
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+
+    @property
+    def can_look_up(self) -> bool:
+        """Whether ``look_up`` can run: the database is a file (each connection to an
+        in-memory one would see a database of its own)."""
+        return self._path is not None
+
+    def look_up(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` on the event loop's own read connection, right away, in autocommit.
+
+        For point reads by primary key only: one costs about 20 us here, against 230-290
+        us of CPU through a reader thread and Core, most of it the hand-off. The connection
+        never waits for a lock (``busy_timeout`` 0): when SQLite is busy, which in WAL mode
+        readers meet only under an exclusive lock, it raises ``sqlite3.OperationalError``
+        and the caller reads on a reader thread instead (``Engines.look_up``).
+        """
+        db = self._loop_db
+        if db is None:
+            # (Not checked for the same thread: ``close`` runs on another, after the loop.)
+            path = self._path or ":memory:"
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=0")
+            db.execute("PRAGMA query_only=ON")
+            self._loop_db = db
+        return fn(db)
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
@@ -133,6 +163,9 @@ class SQLiteThreads:
         self._readers.shutdown(wait=True)
         self.write_engine.dispose()
         self.read_engine.dispose()
+        if self._loop_db is not None:
+            self._loop_db.close()
+            self._loop_db = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -161,6 +194,19 @@ class Engines:
             return await self.threads.transact(fn)
         async with self.write.begin() as conn:
             return await conn.run_sync(fn)
+
+    async def look_up(
+        self, on_sqlite: Callable[[sqlite3.Connection], T], fn: Callable[[Connection], T]
+    ) -> T:
+        """A point read by primary key: on SQLite ``on_sqlite`` runs on the event loop
+        (``SQLiteThreads.look_up``), and ``fn`` as ``query`` when SQLite is busy; on
+        PostgreSQL, ``fn`` as ``query``."""
+        if self.threads is not None and self.threads.can_look_up:
+            try:
+                return self.threads.look_up(on_sqlite)
+            except sqlite3.OperationalError:
+                pass  # busy: wait for the lock on a reader thread, not on the event loop
+        return await self.query(fn)
 
     async def query(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` on a read connection (autocommit on SQLite)."""
@@ -317,7 +363,7 @@ def create_engines(
     _configure_sqlite(write.sync_engine, sync, busy, begin="BEGIN IMMEDIATE")
     _configure_sqlite(read.sync_engine, sync, busy, begin=None)
     lock = path.with_name(path.name + ".write-lock") if sqlite_workers and path else None
-    threads = SQLiteThreads(url, synchronous=sync, busy_ms=busy, write_lock=lock)
+    threads = SQLiteThreads(url, synchronous=sync, busy_ms=busy, write_lock=lock, path=path)
     return Engines(write=write, read=read, threads=threads, sqlite_workers=lock is not None)
 
 

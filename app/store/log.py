@@ -41,7 +41,7 @@ from app.domain.stats import Histogram
 from app.store import sqlite_sql
 from app.store.engine import Engines, EventRow, driver_of
 from app.store.hub import Committed, Hub
-from app.store.tables import events, requests, sqlite_text
+from app.store.tables import events, requests, sqlite_datetime, sqlite_text
 
 log = logging.getLogger(__name__)
 
@@ -387,11 +387,11 @@ class EventLog:
         return [stored_event(request_id, row, self._upcasters) for row in rows]
 
     async def get(self, request_id: str) -> RequestRecord | None:
-        """The read-model row of a request, or None."""
-        row = await self._engines.query(
-            lambda conn: conn.execute(_GET, {"rid": request_id}).first()
+        """The read-model row of a request, or None (every stream opened reads it)."""
+        return await self._engines.look_up(
+            lambda db: _sqlite_record(sqlite_sql.request(db, request_id)),
+            lambda conn: _record(conn.execute(_GET, {"rid": request_id}).first()),
         )
-        return None if row is None else record_of(row)
 
     async def find_idempotent(self, user_id: str, key: str) -> RequestRecord | None:
         """The request a user created with this idempotency key, if any."""
@@ -719,6 +719,30 @@ def stored_event(
         type=m["type"],
         at=m["at"],
         data=upcasters.upcast(m["type"], m["v"], m["data"].encode()),
+    )
+
+
+def _record(row: Row[tuple[object, ...]] | None) -> RequestRecord | None:
+    return None if row is None else record_of(row)
+
+
+def _sqlite_record(row: tuple[Any, ...] | None) -> RequestRecord | None:
+    """A ``RequestRecord`` from ``sqlite_sql.REQUEST``'s row."""
+    if row is None:
+        return None
+    rid, user, mode, track, element, status, last_seq, created, updated, key, parent = row
+    return RequestRecord(
+        request_id=rid,
+        user_id=user,
+        mode=mode,
+        track_id=track,
+        element_id=element,
+        status=status,
+        last_seq=last_seq,
+        created_at=sqlite_datetime(created),
+        updated_at=sqlite_datetime(updated),
+        idempotency_key=key,
+        parent_request_id=parent,
     )
 
 

@@ -54,6 +54,17 @@ def recent_sql(users: int, modes: int) -> str:
     )
 
 
+REQUEST = (
+    "SELECT request_id, user_id, mode, track_id, element_id, status, last_seq, created_at, "
+    "updated_at, idempotency_key, parent_request_id FROM requests WHERE request_id = ?"
+)
+
+
+def request(db: sqlite3.Connection, request_id: str) -> tuple[Any, ...] | None:
+    """A request's read-model row in ``REQUEST``'s column order, or None."""
+    return cast(tuple[Any, ...] | None, db.execute(REQUEST, (request_id,)).fetchone())
+
+
 def heads(db: sqlite3.Connection, request_ids: Sequence[str]) -> list[tuple[str, int, str]]:
     """Each request's ``(request_id, last_seq, status)``; unknown ones are left out."""
     rows = db.execute(heads_sql(len(request_ids)), tuple(request_ids)).fetchall()
