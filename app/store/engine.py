@@ -88,6 +88,7 @@ class SQLiteThreads:
         sync_url = url.replace("sqlite+aiosqlite:", "sqlite+pysqlite:", 1)
         self._path = path
         self._loop_db: sqlite3.Connection | None = None
+        self._closed = False
         # Other processes write to the same file: take turns on this lock file first.
         self._lock_fd = (
             None if write_lock is None else os.open(write_lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -114,27 +115,43 @@ class SQLiteThreads:
     @property
     def can_look_up(self) -> bool:
         """Whether ``look_up`` can run: the database is a file (each connection to an
-        in-memory one would see a database of its own)."""
-        return self._path is not None
+        in-memory one would see a database of its own) and the engines are not closed."""
+        return self._path is not None and not self._closed
 
     def look_up(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn`` on the event loop's own read connection, right away, in autocommit.
 
-        For point reads by primary key only: one costs about 20 us here, against 230-290
-        us of CPU through a reader thread and Core, most of it the hand-off. The connection
-        never waits for a lock (``busy_timeout`` 0): when SQLite is busy, which in WAL mode
-        readers meet only under an exclusive lock, it raises ``sqlite3.OperationalError``
-        and the caller reads on a reader thread instead (``Engines.look_up``).
+        For point reads by primary key only: one costs about 20 us here, against about
+        230-290 us of CPU through a reader thread and Core, most of it the hand-off. The
+        connection is read-only and does not wait for locks (``busy_timeout`` 0): when
+        SQLite is busy, which in WAL mode readers meet mostly under another program's
+        exclusive lock, it raises, and the caller reads on a reader thread instead
+        (``Engines.look_up``). Call it from the event loop's thread only.
         """
         db = self._loop_db
         if db is None:
-            # (Not checked for the same thread: ``close`` runs on another, after the loop.)
-            path = self._path or ":memory:"
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout=0")
-            db.execute("PRAGMA query_only=ON")
-            self._loop_db = db
+            db = self._loop_db = self._open_loop_db()
         return fn(db)
+
+    def _open_loop_db(self) -> sqlite3.Connection:
+        assert self._path is not None
+        # Read-only, and never creating the file: a missing database is an error here
+        # (and a read on a reader thread), not a new empty file.
+        uri = f"{self._path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=0")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def close_loop_db(self) -> None:
+        """Close the event loop's connection (on the loop's thread, which owns it), for good."""
+        self._closed = True
+        if self._loop_db is not None:
+            self._loop_db.close()
+            self._loop_db = None
 
     @contextlib.contextmanager
     def _turn(self) -> Iterator[None]:
@@ -163,9 +180,6 @@ class SQLiteThreads:
         self._readers.shutdown(wait=True)
         self.write_engine.dispose()
         self.read_engine.dispose()
-        if self._loop_db is not None:
-            self._loop_db.close()
-            self._loop_db = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -204,8 +218,10 @@ class Engines:
         if self.threads is not None and self.threads.can_look_up:
             try:
                 return self.threads.look_up(on_sqlite)
-            except sqlite3.OperationalError:
-                pass  # busy: wait for the lock on a reader thread, not on the event loop
+            except sqlite3.Error:
+                # Busy, mostly: wait for the lock on a reader thread, not on the event loop
+                # (where any other error is raised again, as SQLAlchemy's, like every read's).
+                pass
         return await self.query(fn)
 
     async def query(self, fn: Callable[[Connection], T]) -> T:
@@ -338,6 +354,7 @@ class Engines:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         if self.threads is not None:
+            self.threads.close_loop_db()
             await asyncio.to_thread(self.threads.close)
         await self.write.dispose()
         if self.read is not self.write:

@@ -24,6 +24,7 @@ def test_a_remembered_user_token_still_expires_after_the_clock_skew() -> None:
     now = time.time()
     assert read_token(SECRET, token, now=now).user_id == "alice"
     assert read_token(SECRET, token, now=now + 60).user_id == "alice", "within the skew"
+    assert _verified.cache_info().hits == 1, "the second read used the remembered check"
     expires = jwt.decode(token, options={"verify_signature": False})["exp"]
     with pytest.raises(NotAuthorizedException, match="expired"):
         read_token(SECRET, token, now=expires + CLOCK_SKEW.total_seconds())
