@@ -138,13 +138,8 @@ class SQLiteThreads:
         # Read-only, and never creating the file: a missing database is an error here
         # (and a read on a reader thread), not a new empty file.
         uri = f"{self._path.resolve().as_uri()}?mode=ro"
-        db = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
-        try:
-            db.execute("PRAGMA busy_timeout=0")
-        except BaseException:
-            db.close()
-            raise
-        return db
+        # (``timeout=0`` is ``busy_timeout`` 0: a lock is an error at once.)
+        return sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
 
     def close_loop_db(self) -> None:
         """Close the event loop's connection (on the loop's thread, which owns it), for good."""

@@ -727,27 +727,22 @@ def _record(row: Row[tuple[object, ...]] | None) -> RequestRecord | None:
 
 
 def _sqlite_record(row: tuple[Any, ...] | None) -> RequestRecord | None:
-    """A ``RequestRecord`` from ``sqlite_sql.REQUEST``'s row."""
+    """A ``RequestRecord`` from ``sqlite_sql.request``'s row (its timestamps are text)."""
     if row is None:
         return None
-    rid, user, mode, track, element, status, last_seq, created, updated, key, parent = row
-    return RequestRecord(
-        request_id=rid,
-        user_id=user,
-        mode=mode,
-        track_id=track,
-        element_id=element,
-        status=status,
-        last_seq=last_seq,
-        created_at=sqlite_datetime(created),
-        updated_at=sqlite_datetime(updated),
-        idempotency_key=key,
-        parent_request_id=parent,
-    )
+    m = dict(zip(sqlite_sql.REQUEST_COLUMNS, row, strict=True))
+    m["created_at"] = sqlite_datetime(m["created_at"])
+    m["updated_at"] = sqlite_datetime(m["updated_at"])
+    return record_from(m)
 
 
 def record_of(row: Row[tuple[object, ...]]) -> RequestRecord:
-    m = row._mapping
+    """A ``RequestRecord`` from a row of the ``requests`` table read through Core."""
+    return record_from(row._mapping)
+
+
+def record_from(m: Mapping[Any, Any]) -> RequestRecord:
+    """A ``RequestRecord`` from the ``requests`` columns by name (others are ignored)."""
     return RequestRecord(
         request_id=m["request_id"],
         user_id=m["user_id"],

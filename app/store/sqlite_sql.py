@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from app.domain.events import ACTIVE_STATUSES
-from app.store.tables import sqlite_datetime
+from app.store.tables import requests, sqlite_datetime
 
 _ACTIVE = sorted(ACTIVE_STATUSES)
 
@@ -54,14 +54,13 @@ def recent_sql(users: int, modes: int) -> str:
     )
 
 
-REQUEST = (
-    "SELECT request_id, user_id, mode, track_id, element_id, status, last_seq, created_at, "
-    "updated_at, idempotency_key, parent_request_id FROM requests WHERE request_id = ?"
-)
+REQUEST_COLUMNS = tuple(c.name for c in requests.c if not c.name.startswith("lease_"))
+"""The read model's columns of a request (the lease columns are the work queue's)."""
+REQUEST = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = ?"
 
 
 def request(db: sqlite3.Connection, request_id: str) -> tuple[Any, ...] | None:
-    """A request's read-model row in ``REQUEST``'s column order, or None."""
+    """A request's read-model row in ``REQUEST_COLUMNS`` order, or None."""
     return cast(tuple[Any, ...] | None, db.execute(REQUEST, (request_id,)).fetchone())
 
 
