@@ -28,6 +28,18 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def empty_database_url(tmp_path: Path, backend: str) -> Iterator[str]:
+    """A database on the test's backend with no tables yet, for a ServiceProcess the test
+    makes itself; dropped after the test."""
+    if backend != "postgresql":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return
+    url = create_database()
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
 def service_factory(tmp_path: Path, backend: str) -> Iterator[Callable[..., ServiceProcess]]:
     """Start service processes on loopback ports; every one is stopped after the test.
 

@@ -8,6 +8,7 @@ Skipped, with the reason, only when Chromium or Playwright is missing.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -34,7 +35,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOT = ROOT / "docs" / "demo-page.png"
+SCREENSHOT_ENV = "GENSTREAM_SCREENSHOT"
+"""Where the resume test saves its screenshot (``docs/demo-page.png`` to refresh the docs'
+picture); by default the test's own temporary directory, so a run changes no tracked file."""
 SECRET = "browser-tests-secret-0123456789abcdef"
 PROMPT = "A landing page for a family bakery in Lyon with fresh bread and pastries"
 # Playwright's string predicates are eval'd, which the page's CSP forbids: use functions.
@@ -106,7 +109,7 @@ def api_get(service: ServiceProcess, path: str, token: str | None = None) -> Any
 
 
 def test_dropped_connection_resumes_to_the_uninterrupted_page(
-    browser: Any, service_factory: Callable[..., ServiceProcess]
+    browser: Any, service_factory: Callable[..., ServiceProcess], tmp_path: Path
 ) -> None:
     service = serve_demo(service_factory)
     page, problems = open_demo(browser, service)
@@ -149,8 +152,10 @@ def test_dropped_connection_resumes_to_the_uninterrupted_page(
     assert 'data-component="HeroSection"' in rendered and "gs-c gs-streaming" not in rendered
 
     page.evaluate("() => document.querySelector('#timeline').scrollTo(0, 0)")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    screenshot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "demo-page.png")
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 0
 
     # Replaying the resumed request (instantly) renders the same page again.
     page.select_option("#past", request_id)

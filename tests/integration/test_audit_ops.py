@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 from datetime import timedelta
@@ -16,10 +15,16 @@ import httpx
 import pytest
 
 from app.api.auth import mint_token
+from tests.conftest import BACKENDS
+from tests.support.database import execute
 from tests.support.server import ROOT, ServiceProcess
 from tests.support.sse_client import read_stream
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.integration,
+    pytest.mark.parametrize("backend", BACKENDS, indirect=True),
+]
 
 SECRET = "audit-secret-of-forty-characters-01234567"
 
@@ -176,12 +181,16 @@ async def test_cli_verify_rebuild_export_and_audit(populated: Any) -> None:
     assert all(rid in table.stdout for rid in ids["bob"]) and "2 requests" in table.stdout
 
     # Damage the read model and the log behind the service's back.
-    with sqlite3.connect(service.db_path) as db:
-        db.execute(
-            "UPDATE requests SET status = 'running', last_seq = 2 WHERE request_id = ?",
-            (ids["alice"][0],),
-        )
-        db.execute("DELETE FROM events WHERE request_id = ? AND seq = 3", (ids["bob"][0],))
+    await execute(
+        service.database_url,
+        "UPDATE requests SET status = 'running', last_seq = 2 WHERE request_id = :rid",
+        rid=ids["alice"][0],
+    )
+    await execute(
+        service.database_url,
+        "DELETE FROM events WHERE request_id = :rid AND seq = 3",
+        rid=ids["bob"][0],
+    )
     broken = await cli(service, "verify")
     assert broken.returncode == 1
     assert f"{ids['alice'][0]}  status: row has 'running'" in broken.stdout

@@ -11,11 +11,16 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import BACKENDS
 from tests.support.invariants import assert_well_formed
 from tests.support.server import ServiceProcess
 from tests.support.sse_client import read_stream
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.integration,
+    pytest.mark.parametrize("backend", BACKENDS, indirect=True),
+]
 
 
 async def test_concurrent_posts_cannot_exceed_the_active_limit(service_factory: Any) -> None:
@@ -113,8 +118,10 @@ async def test_deep_json_and_deep_context_are_400(service_factory: Any) -> None:
             assert response.json()["code"] == code
 
 
-def test_the_service_refuses_to_start_on_an_unmigrated_database(tmp_path: Path) -> None:
-    service = ServiceProcess(tmp_path / "empty.db", migrated=False)
+def test_the_service_refuses_to_start_on_an_unmigrated_database(
+    tmp_path: Path, empty_database_url: str
+) -> None:
+    service = ServiceProcess(tmp_path / "empty.db", migrated=False, database_url=empty_database_url)
     with pytest.raises(RuntimeError, match="exited at start"):
         service.start(timeout_s=20)
     assert "run `alembic upgrade head`" in service.log()

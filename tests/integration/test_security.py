@@ -16,11 +16,16 @@ import jwt
 import pytest
 
 from app.api.auth import mint_token
+from tests.conftest import BACKENDS
 from tests.support.invariants import assert_well_formed
 from tests.support.server import ROOT, ServiceProcess
 from tests.support.sse_client import read_stream
 
-pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.integration,
+    pytest.mark.parametrize("backend", BACKENDS, indirect=True),
+]
 
 SECRET = "test-secret-of-forty-characters-0123456789"
 UNKNOWN = "01900000-0000-7000-8000-000000000000"
@@ -194,8 +199,10 @@ async def test_new_requests_per_minute_per_mode_hold_across_restarts(
         assert again.status_code == 429, "the count lives in the database, not in the process"
 
 
-def test_local_mode_refuses_a_public_address(tmp_path: Path) -> None:
-    service = ServiceProcess(tmp_path / "open.db", {"GENSTREAM_HOST": "0.0.0.0"})
+def test_local_mode_refuses_a_public_address(tmp_path: Path, empty_database_url: str) -> None:
+    service = ServiceProcess(
+        tmp_path / "open.db", {"GENSTREAM_HOST": "0.0.0.0"}, database_url=empty_database_url
+    )
     with pytest.raises(RuntimeError, match="exited at start"):
         service.start(timeout_s=20)
     assert "GENSTREAM_JWT_SECRET" in service.log()
