@@ -28,11 +28,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def empty_database_url(tmp_path: Path, backend: str) -> Iterator[str]:
-    """A database on the test's backend with no tables yet, for a ServiceProcess the test
-    makes itself; dropped after the test."""
+def empty_database_url(backend: str) -> Iterator[str | None]:
+    """For a ServiceProcess the test makes itself: a PostgreSQL database with no tables
+    yet, dropped after the test; None on SQLite, where the process's own file is used."""
     if backend != "postgresql":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        yield None
         return
     url = create_database()
     yield url

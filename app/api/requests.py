@@ -11,9 +11,9 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
-from litestar.response import Stream
 
 from app.api.audit import AuditRequests, StatusName, list_requests, utc
+from app.api.event_stream import EventStream
 from app.api.intake import accept, owned_request
 from app.api.problems import ProblemError, problem_specs
 from app.api.schemas import (
@@ -149,7 +149,7 @@ class RequestController(Controller):
         accepted = await accept(svc, current_user(request), data, idempotency_key=idempotency_key)
         headers = {"Location": f"/assistant/requests/{accepted.request_id}"}
         if "text/event-stream" in request.headers.get("accept", ""):
-            return Stream(
+            return EventStream(
                 sse_body(svc, accepted.request_id, 0),
                 media_type="text/event-stream",
                 headers={**SSE_HEADERS, **headers},

@@ -14,9 +14,9 @@ from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
-from litestar.response import Stream
 
 from app.api import sse
+from app.api.event_stream import EventStream
 from app.api.intake import owned_request
 from app.api.problems import ProblemError, problem_specs
 from app.api.services import Services, principal, services
@@ -91,7 +91,7 @@ class StreamController(Controller):
         if record.terminal and seen == record.last_seq:
             return Response(content=b"", status_code=204)
         lead = await snapshot_frame(svc, record.request_id, seen) if snapshot and seen else b""
-        return Stream(
+        return EventStream(
             sse_body(svc, record.request_id, seen, lead=lead),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
@@ -136,7 +136,7 @@ class StreamController(Controller):
                 )
         if record.terminal and after == record.last_seq:
             return Response(content=b"", status_code=204)
-        return Stream(
+        return EventStream(
             sse_body(svc, record.request_id, after, speed=speed),
             media_type="text/event-stream",
             headers=SSE_HEADERS,

@@ -35,9 +35,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOT_ENV = "GENSTREAM_SCREENSHOT"
-"""Where the resume test saves its screenshot (``docs/demo-page.png`` to refresh the docs'
-picture); by default the test's own temporary directory, so a run changes no tracked file."""
+SCREENSHOT_ENV = "GENSTREAM_TEST_SCREENSHOT"
+"""Where the resume test saves its screenshot, relative to the repository (``docs/demo-page.png``
+refreshes the docs' picture); by default the test's own temporary directory, so a run
+changes no tracked file."""
 SECRET = "browser-tests-secret-0123456789abcdef"
 PROMPT = "A landing page for a family bakery in Lyon with fresh bread and pastries"
 # Playwright's string predicates are eval'd, which the page's CSP forbids: use functions.
@@ -152,7 +153,8 @@ def test_dropped_connection_resumes_to_the_uninterrupted_page(
     assert 'data-component="HeroSection"' in rendered and "gs-c gs-streaming" not in rendered
 
     page.evaluate("() => document.querySelector('#timeline').scrollTo(0, 0)")
-    screenshot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "demo-page.png")
+    wanted = os.environ.get(SCREENSHOT_ENV)
+    screenshot = ROOT / wanted if wanted else tmp_path / "demo-page.png"
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 0

@@ -181,16 +181,17 @@ async def test_cli_verify_rebuild_export_and_audit(populated: Any) -> None:
     assert all(rid in table.stdout for rid in ids["bob"]) and "2 requests" in table.stdout
 
     # Damage the read model and the log behind the service's back.
-    await execute(
+    reopened = await execute(
         service.database_url,
         "UPDATE requests SET status = 'running', last_seq = 2 WHERE request_id = :rid",
         rid=ids["alice"][0],
     )
-    await execute(
+    holed = await execute(
         service.database_url,
         "DELETE FROM events WHERE request_id = :rid AND seq = 3",
         rid=ids["bob"][0],
     )
+    assert reopened == holed == 1
     broken = await cli(service, "verify")
     assert broken.returncode == 1
     assert f"{ids['alice'][0]}  status: row has 'running'" in broken.stdout

@@ -119,11 +119,14 @@ async def test_deep_json_and_deep_context_are_400(service_factory: Any) -> None:
 
 
 def test_the_service_refuses_to_start_on_an_unmigrated_database(
-    tmp_path: Path, empty_database_url: str
+    tmp_path: Path, empty_database_url: str | None
 ) -> None:
     service = ServiceProcess(tmp_path / "empty.db", migrated=False, database_url=empty_database_url)
-    with pytest.raises(RuntimeError, match="exited at start"):
-        service.start(timeout_s=20)
+    try:
+        with pytest.raises(RuntimeError, match="exited at start"):
+            service.start(timeout_s=20)
+    finally:
+        service.stop()
     assert "run `alembic upgrade head`" in service.log()
 
 

@@ -1,0 +1,127 @@
+"""The SSE response ends with the client, and leaves nothing for the cycle collector."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.testing import RequestFactory
+from litestar.types import Message
+
+from app.api.event_stream import EventStream, EventStreamBody
+
+pytestmark = pytest.mark.anyio
+
+
+class Connection:
+    """What a dropped connection's handler keeps: its frames' locals point at one of these."""
+
+
+@pytest.fixture
+def no_collector() -> Iterator[None]:
+    """Only reference counting frees anything while the test runs."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+class Client:
+    """The server's side of one connection: what was sent, and a disconnect on demand."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+        self.got_some = asyncio.Event()
+        self.gone = asyncio.Event()
+
+    async def send(self, message: Message) -> None:
+        self.sent.append(message)
+        self.got_some.set()
+
+    async def receive(self) -> Message:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
+async def body(
+    kept: list[weakref.ref[Connection]], chunks: int, *, then_wait: bool
+) -> AsyncIterator[bytes]:
+    connection = Connection()  # a local of this frame while the stream runs
+    kept.append(weakref.ref(connection))
+    for n in range(chunks):
+        yield b"chunk %d" % n
+    if then_wait:
+        await asyncio.Event().wait()  # the stream waits for events that never come
+
+
+async def dropped(response_type: type[ASGIStreamingResponse]) -> tuple[Client, Connection | None]:
+    """Send a response that waits after its first chunk, drop the client, and return what
+    outlives the handler without the collector."""
+    client = Client()
+    kept: list[weakref.ref[Connection]] = []
+    response = response_type(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
+    sending = asyncio.create_task(response.send_body(client.send, client.receive))
+    await client.got_some.wait()
+    client.gone.set()
+    await sending
+    del response, sending
+    return client, kept[0]()
+
+
+async def test_a_dropped_connection_is_freed_without_the_cycle_collector(
+    no_collector: None,
+) -> None:
+    client, left = await dropped(EventStreamBody)
+    assert [m["body"] for m in client.sent] == [b"chunk 0"]  # no terminator: it was dropped
+    assert left is None
+
+
+async def test_litestar_s_own_streaming_response_leaves_it_to_the_collector(
+    no_collector: None,
+) -> None:
+    # What EventStreamBody is for: anyio's task group keeps a reference cycle (anyio 4.16).
+    # If a later anyio frees it too, this fails, and EventStream can go.
+    _, left = await dropped(ASGIStreamingResponse)
+    assert left is not None
+    del left
+    gc.collect()
+
+
+async def test_a_stream_that_ends_sends_its_chunks_and_the_end_of_the_body() -> None:
+    client = Client()
+    kept: list[weakref.ref[Connection]] = []
+    response = EventStreamBody(iterator=body(kept, 3, then_wait=False), media_type="text/plain")
+    await asyncio.wait_for(response.send_body(client.send, client.receive), 10)
+    assert [(m["body"], m["more_body"]) for m in client.sent] == [
+        (b"chunk 0", True),
+        (b"chunk 1", True),
+        (b"chunk 2", True),
+        (b"", False),
+    ]
+
+
+async def test_an_error_in_the_stream_is_raised_to_the_server() -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"one"
+        raise ValueError("the stream broke")
+
+    client = Client()
+    response = EventStreamBody(iterator=failing(), media_type="text/plain")
+    with pytest.raises(ValueError, match="the stream broke"):
+        await asyncio.wait_for(response.send_body(client.send, client.receive), 10)
+
+
+def test_event_stream_is_sent_by_event_stream_body() -> None:
+    async def empty() -> AsyncIterator[bytes]:
+        yield b""
+
+    request: Any = RequestFactory().get("/")
+    response = EventStream(empty(), media_type="text/event-stream").to_asgi_response(None, request)
+    assert type(response) is EventStreamBody
