@@ -39,17 +39,21 @@ class EventStreamBody(ASGIStreamingResponse):
     __slots__ = ()
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        loop = asyncio.get_running_loop()
-        streaming = loop.create_task(self._stream(send))
-        watching = loop.create_task(_disconnected(receive))
+        loop = asyncio.get_running_loop()  # (the service runs on asyncio: uvloop)
+        tasks = (loop.create_task(self._stream(send)), loop.create_task(_disconnected(receive)))
         try:
-            await asyncio.wait((streaming, watching), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            streaming.cancel()
-            watching.cancel()
-            await asyncio.wait((streaming, watching))
-        error = None if streaming.cancelled() else streaming.exception()
-        del streaming, watching
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            # Every error is retrieved, also while this task is being cancelled; the body's
+            # is raised first. (Cancelled once, unlike anyio's repeated cancel: the body must
+            # not swallow a CancelledError, or this waits for it to end by itself.)
+            errors = [task.exception() for task in tasks if not task.cancelled()]
+            del tasks
+        error = next((e for e in errors if e is not None), None)
+        del errors
         if error is not None:
             try:
                 raise error

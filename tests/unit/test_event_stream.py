@@ -61,9 +61,12 @@ async def body(
         await asyncio.Event().wait()  # the stream waits for events that never come
 
 
-async def dropped(response_type: type[ASGIStreamingResponse]) -> tuple[Client, Connection | None]:
+async def dropped(
+    response_type: type[ASGIStreamingResponse],
+) -> tuple[list[Message], Connection | None, Client | None]:
     """Send a response that waits after its first chunk, drop the client, and return what
-    outlives the handler without the collector."""
+    was sent and what outlives the handler without the collector: the stream's own
+    objects, and the server's side of the connection."""
     client = Client()
     kept: list[weakref.ref[Connection]] = []
     response = response_type(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
@@ -71,16 +74,17 @@ async def dropped(response_type: type[ASGIStreamingResponse]) -> tuple[Client, C
     await client.got_some.wait()
     client.gone.set()
     await sending
-    del response, sending
-    return client, kept[0]()
+    sent, server_side = client.sent, weakref.ref(client)
+    del response, sending, client
+    return sent, kept[0](), server_side()
 
 
 async def test_a_dropped_connection_is_freed_without_the_cycle_collector(
     no_collector: None,
 ) -> None:
-    client, left = await dropped(EventStreamBody)
-    assert [m["body"] for m in client.sent] == [b"chunk 0"]  # no terminator: it was dropped
-    assert left is None
+    sent, left, server_side = await dropped(EventStreamBody)
+    assert [m["body"] for m in sent] == [b"chunk 0"]  # no terminator: it was dropped
+    assert left is None and server_side is None
 
 
 async def test_litestar_s_own_streaming_response_leaves_it_to_the_collector(
@@ -88,9 +92,9 @@ async def test_litestar_s_own_streaming_response_leaves_it_to_the_collector(
 ) -> None:
     # What EventStreamBody is for: anyio's task group keeps a reference cycle (anyio 4.16).
     # If a later anyio frees it too, this fails, and EventStream can go.
-    _, left = await dropped(ASGIStreamingResponse)
-    assert left is not None
-    del left
+    _, left, server_side = await dropped(ASGIStreamingResponse)
+    assert left is not None and server_side is not None
+    del left, server_side
     gc.collect()
 
 
@@ -105,6 +109,50 @@ async def test_a_stream_that_ends_sends_its_chunks_and_the_end_of_the_body() -> 
         (b"chunk 2", True),
         (b"", False),
     ]
+
+
+async def test_a_stream_ends_though_the_server_answers_disconnect_once_it_is_complete() -> None:
+    # uvicorn's receive() returns http.disconnect once the response is complete.
+    client = Client()
+    kept: list[weakref.ref[Connection]] = []
+    response = EventStreamBody(iterator=body(kept, 2, then_wait=False), media_type="text/plain")
+
+    async def send(message: Message) -> None:
+        await client.send(message)
+        if not message.get("more_body", True):
+            client.gone.set()
+
+    await asyncio.wait_for(response.send_body(send, client.receive), 10)
+    assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+async def test_the_server_cancelling_the_response_cancels_the_stream_and_leaves_no_task() -> None:
+    client = Client()
+    kept: list[weakref.ref[Connection]] = []
+    response = EventStreamBody(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
+    sending = asyncio.create_task(response.send_body(client.send, client.receive))
+    await client.got_some.wait()
+    children = {
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "")
+        in {"ASGIStreamingResponse._stream", "_disconnected"}
+    }
+    assert len(children) == 2 and not any(task.done() for task in children)
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    assert all(task.cancelled() for task in children)
+
+
+async def test_a_failing_receive_is_raised_to_the_server() -> None:
+    async def receive() -> Message:
+        raise OSError("the connection broke")
+
+    kept: list[weakref.ref[Connection]] = []
+    response = EventStreamBody(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
+    with pytest.raises(OSError, match="the connection broke"):
+        await asyncio.wait_for(response.send_body(Client().send, receive), 10)
 
 
 async def test_an_error_in_the_stream_is_raised_to_the_server() -> None:
