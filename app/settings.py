@@ -56,6 +56,9 @@ class Settings:
     shared database (one Python process uses about one core)."""
     peer_dir: str = ""
     """Set by ``genstream serve`` for its worker processes: where they reach each other."""
+    writer_socket: str = ""
+    """Set by ``genstream serve`` for its worker processes on SQLite: the socket of the
+    log writer process, which runs every worker's group commits (``store/writer.py``)."""
     runners: int = 8
     """Generations run concurrently by each worker process."""
     flush_interval_ms: float = 50.0

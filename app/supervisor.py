@@ -4,8 +4,10 @@ One Python process runs one core's worth of Python at a time, so past that, a se
 process is the way to use a second core. The supervisor binds the listening socket once
 and starts each worker (``genstream serve`` again) with it: the workers accept from the
 same queue of connections, so a busy worker leaves new ones to the others. Each worker
-serves HTTP and runs generations on the shared database; on SQLite they take turns on
-its write lock and ship each other their commits (``store/peers.py``).
+serves HTTP and runs generations on the shared database; on SQLite they ship each other
+their commits (``store/peers.py``), and one more process, the log writer, runs every
+worker's group commits (``store/writer.py``): it is started first, replaced if it dies,
+and stopped last, once the workers have committed their final events.
 
 Before any worker starts, the supervisor recovers what an earlier run left behind, as a
 single process does at start-up. Afterwards a worker that dies is replaced, and the
@@ -32,12 +34,22 @@ from pathlib import Path
 from types import FrameType
 
 from app.api.app import build_services, schema_problem, started_marker
+from app.logcontext import configure_logging
 from app.settings import Settings
+from app.store.engine import create_engines
+from app.store.writer import serve_writes
 
 log = logging.getLogger(__name__)
 
 WORKER_FD = "GENSTREAM_WORKER_FD"
 """Set for a worker: the listening socket it inherited from the supervisor."""
+
+LOG_WRITER_NICENESS = 10
+"""How much the log writer lowers its scheduling priority. When the cores are busy, the
+workers' event loops go first: at the same priority the writer took a core from them
+whenever it ran, and new streams and resumes waited 100-230 ms at p99 where they waited
+30-45 ms with it lowered; commits wait a little instead, which the workers' load
+shedding sees (docs/benchmarks.md, "One log writer process")."""
 
 
 def supervise(settings: Settings) -> int:
@@ -49,6 +61,12 @@ def supervise(settings: Settings) -> int:
     env = {**os.environ, WORKER_FD: str(listener.fileno()), "GENSTREAM_PEER_DIR": str(peer_dir)}
     command = [sys.executable, "-m", "app.cli", "serve"]
     workers: list[subprocess.Popen[bytes]] = []
+    writer: LogWriter | None = None
+    if settings.database_url.startswith("sqlite"):
+        # (In a directory of its own: the workers take every ``*.sock`` of theirs as a peer.)
+        (peer_dir / "log-writer").mkdir(mode=0o700)
+        writer = LogWriter(peer_dir / "log-writer" / "log.sock")
+        env["GENSTREAM_WRITER_SOCKET"] = str(writer.path)
     stopping = False
 
     def start() -> subprocess.Popen[bytes]:
@@ -67,10 +85,15 @@ def supervise(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     status = 0
     try:
+        if writer is not None and not writer.start():
+            return 1
         workers.extend(start() for _ in range(settings.workers))
         log.info("started %d workers", settings.workers)
         while not stopping:
             time.sleep(0.5)  # (a signal ends the wait early: its handler sets ``stopping``)
+            if writer is not None and not stopping and (code := writer.exited()) is not None:
+                log.warning("the log writer exited with %d; replacing it", code)
+                writer.start()
             for n, process in enumerate(workers):
                 code = process.poll()
                 if code is None or stopping:
@@ -93,9 +116,72 @@ def supervise(settings: Settings) -> int:
                 process.kill()
                 process.wait()
     finally:
+        if writer is not None:
+            writer.stop()
         listener.close()
         shutil.rmtree(peer_dir, ignore_errors=True)
     return status
+
+
+class LogWriter:
+    """The log writer process (``store/writer.py``), as the supervisor runs it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 30.0) -> bool:
+        """Start it and wait until it accepts; False (and it is stopped) if it does not."""
+        self.stop()  # (one that died: its pipe)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # (what one that died left: the workers wait for the new one)
+        command = [sys.executable, "-m", "app.supervisor", "log-writer", str(self.path)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while not self.path.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log.error("the log writer did not start")
+                self.stop()
+                return False
+            time.sleep(0.02)
+        return True
+
+    def exited(self) -> int | None:
+        """Its exit status, once it has exited."""
+        return None if self.process is None else self.process.poll()
+
+    def stop(self) -> None:
+        """Stop it (after the workers: their last commits go through it) and wait."""
+        if self.process is None:
+            return
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # (its signal to finish)
+        if self.process.poll() is not None:
+            return
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log.warning("the log writer did not stop in time; killing it")
+            self.process.kill()
+            self.process.wait()
+
+
+def run_log_writer(settings: Settings, path: Path) -> int:
+    """The log writer process's main work (``python -m app.supervisor log-writer PATH``)."""
+    os.nice(LOG_WRITER_NICENESS)
+    engines = create_engines(
+        settings.database_url,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        sqlite_workers=True,
+    )
+    # Signals to the whole process group (Ctrl-C, a service manager's stop) reach it with
+    # the workers, which still commit their last events: it stops when the supervisor
+    # closes its standard input, after the workers, or when the supervisor dies.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    serve_writes(engines, path, until_eof=sys.stdin.fileno())
+    return 0
 
 
 async def recover(settings: Settings) -> int:
@@ -132,3 +218,11 @@ def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["log-writer"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m app.supervisor log-writer SOCKET")
+    _settings = Settings.from_env()
+    configure_logging(_settings.log_level)
+    sys.exit(run_log_writer(_settings, Path(sys.argv[2])))

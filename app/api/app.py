@@ -49,6 +49,7 @@ from app.store.notify import CommitListener
 from app.store.peers import PeerLink
 from app.store.queue import WorkQueue
 from app.store.retention import purge_ended_before
+from app.store.writer import RemoteWriter
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,10 @@ def build_services(settings: Settings) -> Services:
         sqlite_workers=bool(settings.peer_dir),
     )
     event_log = EventLog(
-        engines, batch_max=settings.commit_batch_max, poll_s=settings.poll_interval_s
+        engines,
+        batch_max=settings.commit_batch_max,
+        poll_s=settings.poll_interval_s,
+        remote=RemoteWriter(Path(settings.writer_socket)) if settings.writer_socket else None,
     )
     node = f"node-{secrets.token_hex(6)}"
     queue = WorkQueue(engines, owner=node, lease_s=settings.lease_s)

@@ -106,11 +106,15 @@ class SQLiteThreads:
     async def transact(self, fn: Callable[[Connection], T]) -> T:
         """``fn`` in one write transaction, on the write thread."""
 
-        def run() -> T:
-            with self._turn(), self.write_engine.begin() as conn, _wrapped_driver_errors():
-                return fn(conn)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writer, self.run_transaction, fn
+        )
 
-        return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+    def run_transaction(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` in one write transaction on the calling thread (``transact``'s write
+        thread, or the log writer process's only thread)."""
+        with self._turn(), self.write_engine.begin() as conn, _wrapped_driver_errors():
+            return fn(conn)
 
     @property
     def can_look_up(self) -> bool:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from sqlalchemy import Connection, Integer, Row, Select, bindparam, func, select
@@ -67,7 +67,11 @@ class ActiveLimitReached(AppendRejected):
 
     def __init__(self, user_id: str, limit: int) -> None:
         super().__init__(f"{user_id} has {limit} active requests")
+        self.user_id = user_id
         self.limit = limit
+
+    def __reduce__(self) -> tuple[type, tuple[str, int]]:
+        return type(self), (self.user_id, self.limit)  # (for the log writer process)
 
 
 class RateLimited(AppendRejected):
@@ -78,6 +82,9 @@ class RateLimited(AppendRejected):
         self.limit = limit
         self.retry_after_s = retry_after_s
 
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return type(self), (self.limit, self.retry_after_s)
+
 
 class ElementBusy(AppendRejected):
     """The user already has an active request for this editor element."""
@@ -85,6 +92,9 @@ class ElementBusy(AppendRejected):
     def __init__(self, request_id: str) -> None:
         super().__init__(f"request {request_id} is already generating this element")
         self.request_id = request_id
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return type(self), (self.request_id,)
 
 
 class RequestRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,28 +153,47 @@ class LogStats:
     """Per batch of appends: from its oldest append's arrival until every append of the
     batch was answered (committed and published, or refused)."""
     transaction_s: Histogram = field(default_factory=lambda: Histogram(DELAY_BOUNDS_S))
-    """Per transaction that committed: from its hand-over to the database's thread until
-    the event loop had it back (on SQLite, with the turns waited at the write lock)."""
+    """Per transaction that committed: from its hand-over to the database's thread (or
+    the log writer process) until the event loop had it back (on SQLite, with the turns
+    waited at the write lock)."""
 
 
 @dataclass(slots=True)
-class _Append:
+class Appending:
+    """One append of a group commit: a request's events, and its header when it creates it."""
+
     request_id: str
     payloads: Sequence[Payload]
     new: NewRequest | None
+
+
+@dataclass(slots=True)
+class _Append(Appending):
     done: asyncio.Future[list[StoredEvent]] = field(repr=False)
     queued_at: float = field(default_factory=time.monotonic)
 
 
 _STOP = object()
 
-_Written = tuple[
+Written = tuple[
     list[list[StoredEvent] | Exception],  # per append: [] once written, or its rejection
     list[tuple[int, int]],  # per append: its span of the written events
     list[tuple[str, int, str, bytes]],  # written events: request ID, seq, type, payload
     list[int],  # their ids
     datetime,  # their commit's timestamp
 ]
+
+
+class RemoteCommits(Protocol):
+    """Where the group commits run when another process does them (``writer.RemoteWriter``)."""
+
+    async def write(self, batch: Sequence[Appending]) -> Written:
+        """Commit ``batch`` as ``EventLog.write_batch`` does, and return what it returns."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of the connection."""
+        ...
 
 
 class EventLog:
@@ -178,12 +207,16 @@ class EventLog:
         batch_max: int = 1024,
         upcasters: UpcasterRegistry = UPCASTERS,
         poll_s: float | None = None,
+        remote: RemoteCommits | None = None,
     ):
         self._engines = engines
         # With other nodes appending, a subscriber also checks the log this often, so a
         # lost NOTIFY delays an event by at most this long.
         self.poll_s = (poll_s or 1.0) if engines.shared else None
         self._upcasters = upcasters
+        # With worker processes on SQLite, the group commits run in the log writer
+        # process (``store/writer.py``); otherwise on this process's database thread.
+        self._remote = remote
         self.hub = hub or Hub()
         self._batch_max = batch_max
         self._queue: asyncio.Queue[_Append | object] = asyncio.Queue()
@@ -206,6 +239,8 @@ class EventLog:
             self._queue.put_nowait(_STOP)
             await self._writer
             self._writer = None
+        if self._remote is not None:
+            await self._remote.close()
 
     def write_delay_s(self) -> float:
         """How long the appends being committed now have waited (0 when the writer is idle):
@@ -311,9 +346,12 @@ class EventLog:
 
     async def _commit(self, batch: list[_Append]) -> list[list[StoredEvent] | Exception]:
         handed_over = time.monotonic()
-        outcomes, spans, written, ids, at = await self._engines.transact(
-            lambda conn: self._write(conn, batch)
-        )
+        if self._remote is not None:
+            outcomes, spans, written, ids, at = await self._remote.write(batch)
+        else:
+            outcomes, spans, written, ids, at = await self._engines.transact(
+                lambda conn: self.write_batch(conn, batch)
+            )
         self.stats.transaction_s.observe(time.monotonic() - handed_over)
         self.stats.commits += 1
         self.stats.events += len(written)
@@ -330,8 +368,9 @@ class EventLog:
                 ]
         return outcomes
 
-    def _write(self, conn: Connection, batch: list[_Append]) -> _Written:
-        """The group commit's statements, in its one transaction (on the database's thread)."""
+    def write_batch(self, conn: Connection, batch: Sequence[Appending]) -> Written:
+        """The group commit's checks and statements, in its one transaction (on the
+        database's thread, or in the log writer process)."""
         at = utcnow()  # taken once the transaction holds the write lock
         self._engines.serialize_appends(conn)
         state = _load_state(conn, {i.request_id for i in batch if i.new is None})
@@ -664,7 +703,7 @@ def aware_utc(value: datetime | str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _check(item: _Append, state: dict[str, _State]) -> AppendRejected | None:
+def _check(item: Appending, state: dict[str, _State]) -> AppendRejected | None:
     current = state.get(item.request_id)
     if item.new is not None:
         return DuplicateRequest(item.request_id) if current is not None else None

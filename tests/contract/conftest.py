@@ -1,12 +1,17 @@
 """The store contract suite runs against every backend named here.
 
-SQLite always runs. PostgreSQL joins when GENSTREAM_TEST_POSTGRES_URL names a server
-(``scripts/test`` starts one); every test gets a fresh database on it.
+SQLite always runs, twice: with the log's group commits on the process's own database
+thread, and in a log writer process (``store/writer.py``, as ``genstream serve`` runs
+one for its worker processes). PostgreSQL joins when GENSTREAM_TEST_POSTGRES_URL names a
+server (``scripts/test`` starts one); every test gets a fresh database on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,11 +22,12 @@ from alembic.config import Config
 from app.store.engine import Engines, create_engines
 from app.store.log import EventLog
 from app.store.queue import WorkQueue
+from app.store.writer import RemoteWriter
 from tests.support.postgres import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_URL = os.environ.get("GENSTREAM_TEST_POSTGRES_URL", "")
-BACKENDS = ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+BACKENDS = ["sqlite", "sqlite-log-writer"] + (["postgresql"] if POSTGRES_URL else [])
 
 
 def migrate(url: str, target: str = "head") -> None:
@@ -36,7 +42,7 @@ def migrate(url: str, target: str = "head") -> None:
 
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
+    if request.param.startswith("sqlite"):
         url = f"sqlite+aiosqlite:///{tmp_path / 'contract.db'}"
         migrate(url)
         yield url
@@ -55,11 +61,36 @@ async def engines(database_url: str) -> AsyncIterator[Engines]:
 
 
 @pytest.fixture
-async def log(engines: Engines) -> AsyncIterator[EventLog]:
-    event_log = EventLog(engines, batch_max=256)
-    await event_log.start()
-    yield event_log
-    await event_log.close()
+async def log(
+    engines: Engines, request: pytest.FixtureRequest, database_url: str, tmp_path: Path
+) -> AsyncIterator[EventLog]:
+    with contextlib.ExitStack() as stack:
+        remote = None
+        if request.node.callspec.params.get("database_url") == "sqlite-log-writer":
+            socket = stack.enter_context(log_writer(database_url, tmp_path / "log.sock"))
+            remote = RemoteWriter(socket)
+        event_log = EventLog(engines, batch_max=256, remote=remote)
+        await event_log.start()
+        yield event_log
+        await event_log.close()
+
+
+@contextlib.contextmanager
+def log_writer(url: str, socket: Path) -> Iterator[Path]:
+    """A log writer process for the database at ``url``, as the supervisor starts one."""
+    env = {**os.environ, "GENSTREAM_DATABASE_URL": url, "GENSTREAM_LOG_LEVEL": "warning"}
+    command = [sys.executable, "-m", "app.supervisor", "log-writer", str(socket)]
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.PIPE)
+    try:
+        while not socket.exists():  # (it appears once the writer accepts)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(0.02)
+                raise AssertionError("the log writer exited while starting")
+        yield socket
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        assert process.wait(timeout=30) == 0, "the log writer stops once its input closes"
 
 
 @pytest.fixture

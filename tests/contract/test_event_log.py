@@ -20,6 +20,7 @@ from app.store.log import (
     ElementBusy,
     EventLog,
     NewRequest,
+    RateLimited,
     StreamClosed,
     UnknownRequest,
 )
@@ -337,9 +338,28 @@ async def test_the_active_limit_holds_under_concurrent_creations(log: EventLog) 
     results = await asyncio.gather(*(attempt(n) for n in range(12)), return_exceptions=True)
     admitted = [r for r in results if isinstance(r, str)]
     assert len(admitted) == 3
-    assert all(isinstance(r, ActiveLimitReached) for r in results if not isinstance(r, str))
+    refused = [r for r in results if not isinstance(r, str)]
+    assert all(isinstance(r, ActiveLimitReached) and r.limit == 3 for r in refused)
     await log.append(admitted[0], [ev.Cancelled(reason="make room")])
     await attempt(99)
+
+
+async def test_the_rate_limit_counts_one_users_requests_of_a_mode(log: EventLog) -> None:
+    async def attempt(user: str, mode: ev.Mode = "chat") -> str:
+        rid = new_id()
+        await log.create(
+            NewRequest(request_id=rid, user_id=user, mode=mode, max_per_minute=2),
+            [ev.Created(mode=mode, prompt="p")],
+        )
+        return rid
+
+    await attempt("quick")
+    await attempt("quick")
+    with pytest.raises(RateLimited) as refused:
+        await attempt("quick")
+    assert refused.value.limit == 2 and 1 <= refused.value.retry_after_s <= 60
+    assert isinstance(await attempt("quick", mode="generate"), str), "a limit per mode"
+    assert isinstance(await attempt("someone-else"), str), "and per user"
 
 
 async def test_one_active_request_per_user_and_element(log: EventLog) -> None:

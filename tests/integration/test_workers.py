@@ -39,7 +39,20 @@ WORKERS = {
 def workers_of(service: ServiceProcess) -> set[int]:
     """The supervisor's worker processes (they start none of their own)."""
     assert service.proc is not None
-    return set(family(service.proc.pid)[1:])
+    return {pid for pid in family(service.proc.pid)[1:] if not _is_log_writer(pid)}
+
+
+def log_writers_of(service: ServiceProcess) -> set[int]:
+    """The supervisor's log writer processes (one while it runs)."""
+    assert service.proc is not None
+    return {pid for pid in family(service.proc.pid)[1:] if _is_log_writer(pid)}
+
+
+def _is_log_writer(pid: int) -> bool:
+    try:
+        return b"log-writer" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 async def linked(base: str) -> None:
@@ -140,13 +153,53 @@ async def test_a_dead_worker_is_replaced_and_its_generations_end_interrupted(
     assert_well_formed(stored, rid)
 
 
+async def test_the_log_writer_commits_for_every_worker_and_is_replaced_when_it_dies(
+    service_factory: Any,
+) -> None:
+    # (Never shedding: the commits held up here would trip it.)
+    service = service_factory(
+        GENSTREAM_DEMO_TOKEN_DELAY_MS="5", GENSTREAM_SHED_LAG_MS="0", **WORKERS
+    )
+    base = service.base_url
+    (writer,) = log_writers_of(service)
+    await linked(base)
+    async with httpx.AsyncClient(timeout=60) as client:
+        os.kill(writer, signal.SIGSTOP)  # commits wait for it: none is made in a worker
+        try:
+            posting = asyncio.ensure_future(
+                client.post(f"{base}/assistant/request", json={"prompt": "p"})
+            )
+            done, _ = await asyncio.wait([posting], timeout=1.0)
+            assert not done, "a request is not created while the log writer is stopped"
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        posted = await posting
+    assert posted.status_code == 201
+    os.kill(writer, signal.SIGKILL)
+    async with httpx.AsyncClient(timeout=60) as client:
+        # Both workers wait for the new writer, whichever serves each connection.
+        results = [
+            (await client.post(f"{base}/assistant/request", json={"prompt": f"{n}"})).json()
+            for n in range(4)
+        ]
+        for result in [posted.json(), *results]:
+            rid = result["request_id"]
+            events = (await read_stream(client, f"{base}/assistant/stream/{rid}")).events
+            stored = (await client.get(f"{base}/assistant/requests/{rid}/events")).json()
+            assert events == stored["events"] and events[-1]["type"] == "complete"
+            assert_well_formed(events, rid)
+    (replaced,) = log_writers_of(service)
+    assert replaced != writer, "the supervisor started a new log writer"
+
+
 async def test_stopping_the_service_stops_every_worker(service_factory: Any) -> None:
     service = service_factory(**WORKERS)
     workers = workers_of(service)
+    (writer,) = log_writers_of(service)
     assert len(workers) == 2
     assert service.terminate() == 0
-    for pid in workers:
-        assert _state(pid) in ("gone", "Z"), "no worker outlives the service"
+    for pid in [*workers, writer]:
+        assert _state(pid) in ("gone", "Z"), "no worker, nor the log writer, outlives the service"
 
 
 def _state(pid: int) -> str:
