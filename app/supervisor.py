@@ -29,27 +29,21 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import FrameType
 
 from app.api.app import build_services, schema_problem, started_marker
-from app.logcontext import configure_logging
 from app.settings import Settings
-from app.store.engine import create_engines
-from app.store.writer import serve_writes
 
 log = logging.getLogger(__name__)
 
 WORKER_FD = "GENSTREAM_WORKER_FD"
 """Set for a worker: the listening socket it inherited from the supervisor."""
 
-LOG_WRITER_NICENESS = 10
-"""How much the log writer lowers its scheduling priority. When the cores are busy, the
-workers' event loops go first: at the same priority the writer took a core from them
-whenever it ran, and new streams and resumes waited 100-230 ms at p99 where they waited
-30-45 ms with it lowered; commits wait a little instead, which the workers' load
-shedding sees (docs/benchmarks.md, "One log writer process")."""
+MAX_FAILED_STARTS = 3
+"""A log writer that fails to start this many times in a row stops the service."""
 
 
 def supervise(settings: Settings) -> int:
@@ -65,9 +59,9 @@ def supervise(settings: Settings) -> int:
     if settings.database_url.startswith("sqlite"):
         # (In a directory of its own: the workers take every ``*.sock`` of theirs as a peer.)
         (peer_dir / "log-writer").mkdir(mode=0o700)
-        writer = LogWriter(peer_dir / "log-writer" / "log.sock")
+        writer = LogWriter(peer_dir / "log-writer" / "log.sock", settings)
         env["GENSTREAM_WRITER_SOCKET"] = str(writer.path)
-    stopping = False
+    stopping = threading.Event()
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -75,8 +69,7 @@ def supervise(settings: Settings) -> int:
         )
 
     def stop(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
+        stopping.set()
         for process in workers:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -87,16 +80,27 @@ def supervise(settings: Settings) -> int:
     try:
         if writer is not None and not writer.start():
             return 1
+        if stopping.is_set():  # (asked to stop while the writer started)
+            return status
         workers.extend(start() for _ in range(settings.workers))
         log.info("started %d workers", settings.workers)
-        while not stopping:
-            time.sleep(0.5)  # (a signal ends the wait early: its handler sets ``stopping``)
-            if writer is not None and not stopping and (code := writer.exited()) is not None:
+        while not stopping.is_set():
+            time.sleep(0.5)  # (a signal's handler sets ``stopping``)
+            if (
+                writer is not None
+                and not stopping.is_set()
+                and (code := writer.exited()) is not None
+            ):
                 log.warning("the log writer exited with %d; replacing it", code)
-                writer.start()
+                if not writer.start() and writer.failed_starts >= MAX_FAILED_STARTS:
+                    log.error(
+                        "the log writer failed to start %d times; stopping", MAX_FAILED_STARTS
+                    )
+                    status = 1
+                    stop(signal.SIGTERM, None)
             for n, process in enumerate(workers):
                 code = process.poll()
-                if code is None or stopping:
+                if code is None or stopping.is_set():
                     continue
                 if code >= 0 and not started_marker(peer_dir, process.pid).exists():
                     # It gave up before serving (a schema not migrated, say): so would
@@ -126,24 +130,32 @@ def supervise(settings: Settings) -> int:
 class LogWriter:
     """The log writer process (``store/writer.py``), as the supervisor runs it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, settings: Settings) -> None:
         self.path = path
+        self.settings = settings
         self.process: subprocess.Popen[bytes] | None = None
+        self.failed_starts = 0
+        """Starts in a row that did not come up."""
 
     def start(self, timeout_s: float = 30.0) -> bool:
         """Start it and wait until it accepts; False (and it is stopped) if it does not."""
         self.stop()  # (one that died: its pipe)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # (what one that died left: the workers wait for the new one)
-        command = [sys.executable, "-m", "app.supervisor", "log-writer", str(self.path)]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE)
+        s = self.settings
+        command = [sys.executable, "-m", "app.store.writer", str(self.path), s.database_url]
+        command += [s.sqlite_synchronous, str(s.sqlite_busy_timeout_ms), s.log_level]
+        # (A session of its own: a terminal's Ctrl-C goes to the workers, not to it.)
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while not self.path.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 log.error("the log writer did not start")
                 self.stop()
+                self.failed_starts += 1
                 return False
             time.sleep(0.02)
+        self.failed_starts = 0
         return True
 
     def exited(self) -> int | None:
@@ -164,24 +176,6 @@ class LogWriter:
             log.warning("the log writer did not stop in time; killing it")
             self.process.kill()
             self.process.wait()
-
-
-def run_log_writer(settings: Settings, path: Path) -> int:
-    """The log writer process's main work (``python -m app.supervisor log-writer PATH``)."""
-    os.nice(LOG_WRITER_NICENESS)
-    engines = create_engines(
-        settings.database_url,
-        sqlite_synchronous=settings.sqlite_synchronous,
-        sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
-        sqlite_workers=True,
-    )
-    # Signals to the whole process group (Ctrl-C, a service manager's stop) reach it with
-    # the workers, which still commit their last events: it stops when the supervisor
-    # closes its standard input, after the workers, or when the supervisor dies.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    serve_writes(engines, path, until_eof=sys.stdin.fileno())
-    return 0
 
 
 async def recover(settings: Settings) -> int:
@@ -218,11 +212,3 @@ def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["log-writer"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m app.supervisor log-writer SOCKET")
-    _settings = Settings.from_env()
-    configure_logging(_settings.log_level)
-    sys.exit(run_log_writer(_settings, Path(sys.argv[2])))

@@ -24,8 +24,10 @@ import logging
 import os
 import pickle
 import selectors
+import signal
 import socket
 import struct
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +35,8 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from app.store.engine import Engines, SQLiteThreads
+from app.logcontext import configure_logging
+from app.store.engine import Engines, SQLiteThreads, create_engines
 from app.store.log import Appending, EventLog, Written
 
 log = logging.getLogger(__name__)
@@ -59,53 +62,82 @@ def frame(message: object) -> bytes:
     return FRAME.pack(len(body)) + body
 
 
+LOG_WRITER_NICENESS = 10
+"""How much the log writer lowers its scheduling priority. When the cores are busy, the
+workers' event loops go first: at the same priority the writer took a core from them
+whenever it ran, and new streams and resumes waited 100-230 ms at p99 where they waited
+30-45 ms with it lowered; commits wait a little instead, which the workers' load
+shedding sees (docs/benchmarks.md, "One log writer process")."""
+
+DRAIN_S = 30.0
+"""Once told to stop, how long the writer still serves the workers connected to it."""
+
+SEND_TIMEOUT_S = 10.0
+"""A worker that takes no answer for this long is cut off, so it cannot hold up the
+others' commits."""
+
+
 def serve_writes(engines: Engines, path: Path, until_eof: int) -> None:
     """Answer workers' group commits on the socket at ``path`` until the file descriptor
-    ``until_eof`` reaches its end (the supervisor closed its end of the pipe, or died).
+    ``until_eof`` reaches its end (the supervisor closed its end of the pipe, or died),
+    and then until the workers connected to it have gone (at most ``DRAIN_S``).
 
     One batch at a time, in arrival order across the workers: a batch's transaction holds
     the write lock (and the lock file the workers' own writes take turns at) only for its
-    statements. Blocking; run it as a process's main work.
+    own work. Blocking; run it as a process's main work.
     """
     threads = engines.threads
     if threads is None:
         raise ValueError("the log writer process serves SQLite only")
-    writer = EventLog(engines)
+    event_log = EventLog(engines)
     listener = _listen(path)
     sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ)
-    sel.register(until_eof, selectors.EVENT_READ)
+    sel.register(listener, selectors.EVENT_READ, "listener")
+    sel.register(until_eof, selectors.EVENT_READ, "until_eof")
     buffers: dict[socket.socket, bytearray] = {}
+
+    def drop(sock: socket.socket) -> None:
+        sel.unregister(sock)
+        sock.close()
+        del buffers[sock]
+
     log.info("log writer ready at %s", path)
-    stopping = False
+    deadline: float | None = None  # (set once told to stop)
     try:
-        while not stopping:
-            for key, _ in sel.select():
-                sock = key.fileobj
-                if sock == until_eof:
-                    stopping = not os.read(until_eof, 4096)
+        while deadline is None or (buffers and time.monotonic() < deadline):
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            for key, _ in sel.select(timeout):
+                if key.data == "until_eof":
+                    if not os.read(until_eof, 4096):
+                        sel.unregister(until_eof)
+                        sel.unregister(listener)
+                        listener.close()
+                        deadline = time.monotonic() + DRAIN_S
                     continue
-                if sock is listener:
+                if key.data == "listener":
                     conn, _ = listener.accept()
-                    sel.register(conn, selectors.EVENT_READ)
+                    conn.settimeout(SEND_TIMEOUT_S)
+                    sel.register(conn, selectors.EVENT_READ, "worker")
                     buffers[conn] = bytearray()
                     continue
+                sock = key.fileobj
                 assert isinstance(sock, socket.socket)
                 data = _recv(sock)
                 if not data:
-                    sel.unregister(sock)
-                    sock.close()
-                    del buffers[sock]
+                    drop(sock)
                     continue
                 buffer = buffers[sock]
                 buffer += data
                 for items in _messages(buffer):
-                    answer = _commit(writer, threads, items)
-                    with contextlib.suppress(OSError):  # (that worker is gone)
-                        sock.sendall(frame(answer))
+                    try:
+                        sock.sendall(_answer(_commit(event_log, threads, items)))
+                    except OSError:  # (that worker is gone, or takes no answers)
+                        drop(sock)
+                        break
     finally:
         for sock in buffers:
             sock.close()
+        sel.close()
         listener.close()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -145,12 +177,12 @@ def _messages(buffer: bytearray) -> list[Any]:
 
 
 def _commit(
-    writer: EventLog, threads: SQLiteThreads, items: list[tuple[Any, ...]]
+    event_log: EventLog, threads: SQLiteThreads, items: list[tuple[Any, ...]]
 ) -> tuple[str, Any]:
     """One worker's batch in one write transaction: ``(OK, Written)``, or why not."""
     batch = [Appending(request_id, payloads, new) for request_id, payloads, new in items]
     try:
-        return OK, threads.run_transaction(lambda conn: writer.write_batch(conn, batch))
+        return OK, threads.run_transaction(lambda conn: event_log.write_batch(conn, batch))
     except IntegrityError as exc:
         return CONFLICT, str(exc.orig)
     except Exception as exc:
@@ -158,31 +190,45 @@ def _commit(
         return FAILED, f"{type(exc).__name__}: {exc}"
 
 
+def _answer(answer: tuple[str, Any]) -> bytes:
+    try:
+        return frame(answer)
+    except Exception as exc:  # (a rejection that does not pickle: a bug, said loudly)
+        log.exception("the log writer could not send its answer")
+        return frame((FAILED, f"the answer could not be sent: {type(exc).__name__}: {exc}"))
+
+
 class RemoteWriter:
     """A worker's end of the writer process: ``write`` commits a batch there.
 
     The log's writer task is its only caller, one batch at a time. A writer that is
-    restarting is waited for (up to ``connect_timeout_s``) before anything is sent; one
-    that goes away after a batch was sent leaves that batch's outcome unknown, and the
-    batch fails with ``WriterUnavailable``.
+    restarting is waited for (up to ``connect_timeout_s``) before anything is sent. A batch
+    the writer cannot have taken whole (the socket says it was closed before, or with
+    the batch unread) is sent again to its replacement; a writer that goes away
+    after it took a batch leaves that batch's outcome unknown, and the batch fails with
+    ``WriterUnavailable``.
     """
 
     def __init__(self, path: Path, *, connect_timeout_s: float = 10.0) -> None:
         self.path = path
         self.connect_timeout_s = connect_timeout_s
         self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._out: asyncio.StreamWriter | None = None
 
     async def write(self, batch: Sequence[Appending]) -> Written:
         """Commit ``batch`` in the writer process; what ``EventLog.write_batch`` returns."""
-        reader, writer = await self._connection()
-        try:
-            writer.write(frame([(a.request_id, list(a.payloads), a.new) for a in batch]))
-            (n,) = FRAME.unpack(await reader.readexactly(FRAME.size))
-            kind, value = pickle.loads(await reader.readexactly(n))
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            await self.close()
-            raise WriterUnavailable(f"the log writer went away during a commit: {exc}") from exc
+        message = frame([(a.request_id, list(a.payloads), a.new) for a in batch])
+        deadline = time.monotonic() + self.connect_timeout_s
+        while True:
+            try:
+                kind, value = await self._exchange(message)
+                break
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # The writer never had the whole batch (it was gone when this was sent, or
+                # went with the batch unread; it takes only whole ones): send it again, to
+                # its replacement.
+                if time.monotonic() >= deadline:
+                    raise WriterUnavailable(f"the log writer takes no commits: {exc}") from exc
         if kind == CONFLICT:
             raise IntegrityError("group commit", None, Exception(value))
         if kind == FAILED:
@@ -190,16 +236,36 @@ class RemoteWriter:
         written: Written = value
         return written
 
+    async def _exchange(self, message: bytes) -> tuple[str, Any]:
+        reader, out = await self._connection()
+        try:
+            out.write(message)
+            (n,) = FRAME.unpack(await reader.readexactly(FRAME.size))
+            answer: tuple[str, Any] = pickle.loads(await reader.readexactly(n))
+            return answer
+        except (BrokenPipeError, ConnectionResetError):
+            await self.close()
+            raise
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            await self.close()
+            raise WriterUnavailable(f"the log writer went away during a commit: {exc}") from exc
+        except BaseException:
+            # Cancelled (or worse) between a batch and its answer: the answer must not be
+            # read as the next batch's.
+            out.transport.abort()
+            self._reader = self._out = None
+            raise
+
     async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self._reader is not None and self._writer is not None:
-            if not (self._reader.at_eof() or self._writer.is_closing()):
-                return self._reader, self._writer
+        if self._reader is not None and self._out is not None:
+            if not (self._reader.at_eof() or self._out.is_closing()):
+                return self._reader, self._out
             await self.close()  # (that writer exited: nothing was sent to it since)
         deadline = time.monotonic() + self.connect_timeout_s
         while True:
             try:
-                self._reader, self._writer = await asyncio.open_unix_connection(self.path)
-                return self._reader, self._writer
+                self._reader, self._out = await asyncio.open_unix_connection(self.path)
+                return self._reader, self._out
             except OSError as exc:
                 if time.monotonic() >= deadline:
                     raise WriterUnavailable(f"no log writer at {self.path}: {exc}") from exc
@@ -207,8 +273,36 @@ class RemoteWriter:
 
     async def close(self) -> None:
         """Close the connection (the next ``write`` opens a new one)."""
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            writer.close()
+        out, self._reader, self._out = self._out, None, None
+        if out is not None:
+            out.close()
             with contextlib.suppress(OSError):
-                await writer.wait_closed()
+                await out.wait_closed()
+
+
+def main(argv: Sequence[str]) -> int:
+    """The log writer process: ``python -m app.store.writer SOCKET DATABASE_URL
+    SYNCHRONOUS BUSY_TIMEOUT_MS LOG_LEVEL``, as the supervisor starts it."""
+    # Signals to the whole process group (Ctrl-C, a service manager's stop) reach it with
+    # the workers, which still commit their last events: it stops when the supervisor
+    # closes its standard input, after the workers, or when the supervisor dies.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if len(argv) != 5:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    path, url, synchronous, busy_ms, level = argv
+    configure_logging(level)
+    os.nice(LOG_WRITER_NICENESS)
+    engines = create_engines(
+        url,
+        sqlite_synchronous=synchronous,
+        sqlite_busy_timeout_ms=int(busy_ms),
+        sqlite_workers=True,
+    )
+    serve_writes(engines, Path(path), until_eof=sys.stdin.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

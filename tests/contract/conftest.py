@@ -12,6 +12,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -53,44 +54,59 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     drop_database(url)
 
 
+def through_log_writer(request: pytest.FixtureRequest) -> bool:
+    """Whether this test's backend is SQLite with the log writer process."""
+    return bool(request.node.callspec.params.get("database_url") == "sqlite-log-writer")
+
+
 @pytest.fixture
-async def engines(database_url: str) -> AsyncIterator[Engines]:
-    engines = create_engines(database_url)
+async def engines(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Engines]:
+    # (With the log writer, as in a worker: writes take turns at the lock file.)
+    engines = create_engines(database_url, sqlite_workers=through_log_writer(request))
     yield engines
     await engines.dispose()
 
 
 @pytest.fixture
-async def log(
-    engines: Engines, request: pytest.FixtureRequest, database_url: str, tmp_path: Path
-) -> AsyncIterator[EventLog]:
-    with contextlib.ExitStack() as stack:
-        remote = None
-        if request.node.callspec.params.get("database_url") == "sqlite-log-writer":
-            socket = stack.enter_context(log_writer(database_url, tmp_path / "log.sock"))
-            remote = RemoteWriter(socket)
-        event_log = EventLog(engines, batch_max=256, remote=remote)
-        await event_log.start()
-        yield event_log
-        await event_log.close()
+def remote(
+    request: pytest.FixtureRequest, database_url: str, tmp_path: Path
+) -> Iterator[RemoteWriter | None]:
+    """For ``EventLog(remote=...)``: a log writer process's client, or None."""
+    if not through_log_writer(request):
+        yield None
+        return
+    with log_writer(database_url, tmp_path / "log.sock") as socket:
+        yield RemoteWriter(socket)
+
+
+@pytest.fixture
+async def log(engines: Engines, remote: RemoteWriter | None) -> AsyncIterator[EventLog]:
+    event_log = EventLog(engines, batch_max=256, remote=remote)
+    await event_log.start()
+    yield event_log
+    await event_log.close()
 
 
 @contextlib.contextmanager
 def log_writer(url: str, socket: Path) -> Iterator[Path]:
     """A log writer process for the database at ``url``, as the supervisor starts one."""
-    env = {**os.environ, "GENSTREAM_DATABASE_URL": url, "GENSTREAM_LOG_LEVEL": "warning"}
-    command = [sys.executable, "-m", "app.supervisor", "log-writer", str(socket)]
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.PIPE)
+    command = [sys.executable, "-m", "app.store.writer", str(socket), url, "NORMAL", "5000"]
+    process = subprocess.Popen([*command, "warning"], cwd=ROOT, stdin=subprocess.PIPE)
     try:
+        deadline = time.monotonic() + 60
         while not socket.exists():  # (it appears once the writer accepts)
+            assert time.monotonic() < deadline, "the log writer did not start"
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(0.02)
                 raise AssertionError("the log writer exited while starting")
         yield socket
-    finally:
         assert process.stdin is not None
         process.stdin.close()
         assert process.wait(timeout=30) == 0, "the log writer stops once its input closes"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from app.store.log import (
 )
 from app.store.queue import WorkQueue
 from app.store.tables import events
+from app.store.writer import RemoteWriter
 
 pytestmark = pytest.mark.anyio
 
@@ -191,8 +192,10 @@ async def test_subscription_racing_the_writer_misses_nothing(log: EventLog) -> N
         assert seqs == list(range(1, 34))
 
 
-async def test_a_lagging_subscriber_refills_from_the_log(engines: Engines) -> None:
-    log = EventLog(engines)
+async def test_a_lagging_subscriber_refills_from_the_log(
+    engines: Engines, remote: RemoteWriter | None
+) -> None:
+    log = EventLog(engines, remote=remote)
     log.hub._limit = 2  # a tiny mailbox: the subscriber falls behind at once
     await log.start()
     try:
@@ -212,11 +215,11 @@ async def test_a_lagging_subscriber_refills_from_the_log(engines: Engines) -> No
 
 @pytest.mark.parametrize("tail_events", [2, 128])
 async def test_a_subscriber_joining_mid_stream_gets_each_event_once(
-    engines: Engines, tail_events: int
+    engines: Engines, remote: RemoteWriter | None, tail_events: int
 ) -> None:
     # With a tail of 2, what the subscriber missed is older than the hub keeps: it comes
     # from the database; with 128 it comes from memory. Either way the stream is exact.
-    log = EventLog(engines, hub=Hub(tail_events=tail_events))
+    log = EventLog(engines, hub=Hub(tail_events=tail_events), remote=remote)
     await log.start()
     try:
         rid = await create(log)

@@ -50,7 +50,7 @@ def log_writers_of(service: ServiceProcess) -> set[int]:
 
 def _is_log_writer(pid: int) -> bool:
     try:
-        return b"log-writer" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return b"app.store.writer" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
 
@@ -163,31 +163,36 @@ async def test_the_log_writer_commits_for_every_worker_and_is_replaced_when_it_d
     base = service.base_url
     (writer,) = log_writers_of(service)
     await linked(base)
-    async with httpx.AsyncClient(timeout=60) as client:
+    first = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=1))
+    node = str((await first.get(f"{base}/health")).json()["node"])
+    second, _ = await client_on(base, not_node=node)  # (one keep-alive connection each)
+    try:
         os.kill(writer, signal.SIGSTOP)  # commits wait for it: none is made in a worker
         try:
             posting = asyncio.ensure_future(
-                client.post(f"{base}/assistant/request", json={"prompt": "p"})
+                first.post(f"{base}/assistant/request", json={"prompt": "p"})
             )
             done, _ = await asyncio.wait([posting], timeout=1.0)
             assert not done, "a request is not created while the log writer is stopped"
         finally:
             os.kill(writer, signal.SIGCONT)
         posted = await posting
-    assert posted.status_code == 201
-    os.kill(writer, signal.SIGKILL)
-    async with httpx.AsyncClient(timeout=60) as client:
-        # Both workers wait for the new writer, whichever serves each connection.
-        results = [
-            (await client.post(f"{base}/assistant/request", json={"prompt": f"{n}"})).json()
-            for n in range(4)
-        ]
-        for result in [posted.json(), *results]:
-            rid = result["request_id"]
-            events = (await read_stream(client, f"{base}/assistant/stream/{rid}")).events
-            stored = (await client.get(f"{base}/assistant/requests/{rid}/events")).json()
+        assert posted.status_code == 201
+        rids = [posted.json()["request_id"]]
+        await read_stream(first, f"{base}/assistant/stream/{rids[0]}")  # (nothing in flight)
+        os.kill(writer, signal.SIGKILL)
+        for client in (first, second):  # each waits for the new writer
+            posted = await client.post(f"{base}/assistant/request", json={"prompt": "q"})
+            assert posted.status_code == 201, posted.text
+            rids.append(posted.json()["request_id"])
+        for rid in rids:
+            events = (await read_stream(first, f"{base}/assistant/stream/{rid}")).events
+            stored = (await first.get(f"{base}/assistant/requests/{rid}/events")).json()
             assert events == stored["events"] and events[-1]["type"] == "complete"
             assert_well_formed(events, rid)
+    finally:
+        await first.aclose()
+        await second.aclose()
     (replaced,) = log_writers_of(service)
     assert replaced != writer, "the supervisor started a new log writer"
 
