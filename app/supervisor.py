@@ -145,8 +145,15 @@ class LogWriter:
         s = self.settings
         command = [sys.executable, "-m", "app.store.writer", str(self.path), s.database_url]
         command += [s.sqlite_synchronous, str(s.sqlite_busy_timeout_ms), s.log_level]
-        # (A session of its own: a terminal's Ctrl-C goes to the workers, not to it.)
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
+        # Ignoring SIGINT and SIGTERM from before it starts (ignored signals stay ignored
+        # across exec), so that a terminal's Ctrl-C or a service manager's stop, which
+        # reach every process of the service, leave it to the workers' last commits. Not
+        # a session of its own: with the kernel's autogroup scheduling, a session is a
+        # scheduling group, and the writer's lower priority would count for nothing
+        # against the workers' (docs/benchmarks.md, "One log writer process").
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, preexec_fn=_ignore_stop_signals
+        )
         deadline = time.monotonic() + timeout_s
         while not self.path.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -205,6 +212,12 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _ignore_stop_signals() -> None:
+    """In a new log writer, before it runs: SIGINT and SIGTERM are not for it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _die_with_parent() -> None:

@@ -162,6 +162,11 @@ async def test_the_log_writer_commits_for_every_worker_and_is_replaced_when_it_d
     )
     base = service.base_url
     (writer,) = log_writers_of(service)
+    assert service.proc is not None
+    supervisor = _stat(service.proc.pid)
+    # Lower in priority than the workers, and in their session: where Linux schedules
+    # by session, a session of its own would make the priority count for nothing.
+    assert (_stat(writer)["nice"], _stat(writer)["session"]) == (10, supervisor["session"])
     await linked(base)
     first = httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=1))
     node = str((await first.get(f"{base}/health")).json()["node"])
@@ -205,6 +210,11 @@ async def test_stopping_the_service_stops_every_worker(service_factory: Any) -> 
     assert service.terminate() == 0
     for pid in [*workers, writer]:
         assert _state(pid) in ("gone", "Z"), "no worker, nor the log writer, outlives the service"
+
+
+def _stat(pid: int) -> dict[str, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return {"session": int(fields[3]), "nice": int(fields[16])}
 
 
 def _state(pid: int) -> str:
