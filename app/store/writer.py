@@ -24,7 +24,6 @@ import logging
 import os
 import pickle
 import selectors
-import signal
 import socket
 import struct
 import sys
@@ -282,12 +281,10 @@ class RemoteWriter:
 
 def main(argv: Sequence[str]) -> int:
     """The log writer process: ``python -m app.store.writer SOCKET DATABASE_URL
-    SYNCHRONOUS BUSY_TIMEOUT_MS LOG_LEVEL``, as the supervisor starts it."""
-    # Signals to the whole process group (Ctrl-C, a service manager's stop) reach it with
-    # the workers, which still commit their last events: it stops when the supervisor
-    # closes its standard input, after the workers, or when the supervisor dies.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    SYNCHRONOUS BUSY_TIMEOUT_MS LOG_LEVEL``, as the supervisor starts it (with SIGINT and
+    SIGTERM ignored from before it runs: ``supervisor.LogWriter.start``). It stops when
+    its standard input ends: the supervisor closes it after the workers' last commits,
+    or dies."""
     if len(argv) != 5:
         print(main.__doc__, file=sys.stderr)
         return 2

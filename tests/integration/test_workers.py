@@ -212,14 +212,18 @@ async def test_stopping_the_service_stops_every_worker(service_factory: Any) -> 
         assert _state(pid) in ("gone", "Z"), "no worker, nor the log writer, outlives the service"
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """``/proc/PID/stat`` after the command's name: state, ppid, pgrp, session, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _stat(pid: int) -> dict[str, int]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return {"session": int(fields[3]), "nice": int(fields[16])}
 
 
 def _state(pid: int) -> str:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return _stat_fields(pid)[0]
     except OSError:
         return "gone"
-    return stat[stat.rindex(")") + 2 :].split()[0]

@@ -39,7 +39,6 @@ from app.store.writer import (
     frame,
     serve_writes,
 )
-from tests.contract.conftest import migrate
 
 REJECTIONS: list[AppendRejected] = [
     AppendRejected("refused"),
@@ -97,15 +96,8 @@ class Writer:
 
 
 @pytest.fixture
-def migrated_url(tmp_path: Path) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}"
-    migrate(url)
-    return url
-
-
-@pytest.fixture
-def writer(migrated_url: str, tmp_path: Path) -> Iterator[Writer]:
-    w = Writer(migrated_url, tmp_path / "log.sock")
+def writer(migrated_sqlite_url: str, tmp_path: Path) -> Iterator[Writer]:
+    w = Writer(migrated_sqlite_url, tmp_path / "log.sock")
     yield w
     w.close()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection
@@ -15,22 +14,14 @@ from app.domain import events as ev
 from app.store.engine import Engines, create_engines
 from app.store.log import EventLog, NewRequest
 from app.store.queue import WorkQueue
-from tests.contract.conftest import migrate
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
-    migrate(url)
-    return url
-
-
-@pytest.fixture
-async def two_workers(url: str) -> AsyncIterator[tuple[Engines, Engines]]:
-    a = create_engines(url, sqlite_workers=True)
-    b = create_engines(url, sqlite_workers=True)
+async def two_workers(migrated_sqlite_url: str) -> AsyncIterator[tuple[Engines, Engines]]:
+    a = create_engines(migrated_sqlite_url, sqlite_workers=True)
+    b = create_engines(migrated_sqlite_url, sqlite_workers=True)
     yield a, b
     for engines in (a, b):
         await engines.dispose()
