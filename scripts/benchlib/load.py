@@ -64,6 +64,7 @@ class Recorder:
     first_event_ms: list[float] = field(default_factory=list)
     first_output_ms: list[float] = field(default_factory=list)
     post_ms: list[float] = field(default_factory=list)
+    admitted_post_ms: list[float] = field(default_factory=list)
     resume_ms: list[float] = field(default_factory=list)
     post_statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
@@ -139,6 +140,8 @@ class Slot:
         if rec.in_window(sent):
             rec.post_ms.append((self._post_used - started) * 1000)
             rec.post_statuses[head.status] += 1
+            if head.status in (200, 201):
+                rec.admitted_post_ms.append((self._post_used - started) * 1000)
         if head.status in (200, 201):
             request_id: str = msgspec.json.decode(data)["request_id"]
             rec.owners[request_id] = self._user

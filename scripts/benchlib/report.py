@@ -186,6 +186,17 @@ def level_table(service: TargetResult, relay: TargetResult | None) -> list[str]:
             + " (p99)",
         ),
         _row(
+            "of which admitted (200, 201) p50 / p99 (ms), n",
+            *both(
+                lambda t: (
+                    f"{_pcts(t.admitted_post, ('p50', 'p99'))}, n={t.admitted_post.n}"
+                    if t.admitted_post is not None and t.admitted_post.n
+                    else "n/a"
+                )
+            ),
+            "",
+        ),
+        _row(
             "generations started per second",
             *both(lambda t: format_number(sum(t.post_statuses.values()) / t.window_s)),
         ),

@@ -90,6 +90,8 @@ class TargetResult:
     first_event: Summary | None = None
     first_output: Summary | None = None
     post: Summary | None = None
+    admitted_post: Summary | None = None
+    """The POSTs answered 200 or 201: the ones that wait for a commit."""
     post_statuses: dict[int, int] = field(default_factory=dict)
     resume: Summary | None = None
     resumes: int = 0
@@ -282,6 +284,7 @@ def _fill(result: TargetResult, rec: Recorder, samples: _Samples, rss_idle: floa
     result.first_event = summarize(rec.first_event_ms)
     result.first_output = summarize(rec.first_output_ms)
     result.post = summarize(rec.post_ms)
+    result.admitted_post = summarize(rec.admitted_post_ms)
     result.post_statuses = dict(sorted(rec.post_statuses.items()))
     result.resume = summarize(rec.resume_ms)
     result.resumes = rec.resumes

@@ -402,6 +402,15 @@ def test_cpu_per_delivered_event_is_compared_with_the_relay() -> None:
     assert math.isnan(idle.cpu_us_per_event(0.5))
 
 
+def test_the_posts_that_waited_for_a_commit_are_shown_apart_from_the_refusals() -> None:
+    service = _result("service", 2000, 30)
+    service.admitted_post = Summary(400, 30, 60, 90, 120, 35)
+    relay = _result("relay", 2500, 15)
+    rows = report.level_table(service, relay)
+    row = next(line for line in rows if line.startswith("| of which admitted"))
+    assert row.endswith("| 30.0 / 90.0, n=400 | n/a |  |")
+
+
 def test_marginal_memory_is_the_slope_between_levels() -> None:
     low = _result("service", 1, 1, load=10_000.0)
     high = _result("service", 1, 1, load=30_000.0)
