@@ -59,6 +59,9 @@ class Settings:
     writer_socket: str = ""
     """Set by ``genstream serve`` for its worker processes on SQLite: the socket of the
     log writer process, which runs every worker's group commits (``store/writer.py``)."""
+    writer_watchdog_s: float = 30.0
+    """With workers on SQLite: a log writer that answers nothing for this long is taken
+    as hung, killed and replaced (longer than the busy timeout, which a commit may wait)."""
     runners: int = 8
     """Generations run concurrently by each worker process."""
     flush_interval_ms: float = 50.0
@@ -169,12 +172,18 @@ class Settings:
             "sse_ping_interval_s",
             "stream_idle_timeout_s",
             "generation_timeout_s",
+            "writer_watchdog_s",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"GENSTREAM_{name.upper()} must be positive")
         if self.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
             raise SettingsError(
                 "GENSTREAM_LOG_LEVEL must be debug, info, warning, error or critical"
+            )
+        if self.writer_watchdog_s * 1000 <= self.sqlite_busy_timeout_ms:
+            raise SettingsError(
+                "GENSTREAM_WRITER_WATCHDOG_S must be longer than GENSTREAM_SQLITE_BUSY_TIMEOUT_MS, "
+                "which a commit may wait for the write lock"
             )
         if self.lease_renew_s >= self.lease_s:
             raise SettingsError("GENSTREAM_LEASE_RENEW_S must be shorter than GENSTREAM_LEASE_S")

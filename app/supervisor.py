@@ -6,8 +6,9 @@ and starts each worker (``genstream serve`` again) with it: the workers accept f
 same queue of connections, so a busy worker leaves new ones to the others. Each worker
 serves HTTP and runs generations on the shared database; on SQLite they ship each other
 their commits (``store/peers.py``), and one more process, the log writer, runs every
-worker's group commits (``store/writer.py``): it is started first, replaced if it dies,
-and stopped last, once the workers have committed their final events.
+worker's group commits (``store/writer.py``): it is started first, replaced if it dies
+or hangs (the supervisor pings it), and stopped last, once the workers have committed
+their final events.
 
 Before any worker starts, the supervisor recovers what an earlier run left behind, as a
 single process does at start-up. Afterwards a worker that dies is replaced, and the
@@ -36,11 +37,14 @@ from types import FrameType
 
 from app.api.app import build_services, schema_problem, started_marker
 from app.settings import Settings
+from app.store.writer import FRAME, PING, frame
 
 log = logging.getLogger(__name__)
 
 WORKER_FD = "GENSTREAM_WORKER_FD"
 """Set for a worker: the listening socket it inherited from the supervisor."""
+
+PING_FRAME = frame(PING)
 
 MAX_FAILED_STARTS = 3
 """A log writer that fails to start this many times in a row stops the service."""
@@ -86,6 +90,8 @@ def supervise(settings: Settings) -> int:
         log.info("started %d workers", settings.workers)
         while not stopping.is_set():
             time.sleep(0.5)  # (a signal's handler sets ``stopping``)
+            if writer is not None and not stopping.is_set():
+                writer.watch(time.monotonic())
             if (
                 writer is not None
                 and not stopping.is_set()
@@ -136,6 +142,71 @@ class LogWriter:
         self.process: subprocess.Popen[bytes] | None = None
         self.failed_starts = 0
         """Starts in a row that did not come up."""
+        self._probe: socket.socket | None = None
+        """The watchdog's connection to it, as a worker's."""
+        self._pinged_at: float | None = None
+        """When the ping it has not answered yet was sent."""
+        self._answer = bytearray()
+
+    def watch(self, now: float) -> None:
+        """Ping it, or see whether it answered; kill it when a ping has gone unanswered
+        for ``writer_watchdog_s``. A writer answers its connections' messages in order, one
+        at a time, so one that answers nothing for that long is hung (stopped, or stuck
+        past any lock wait), and the commits of every worker wait on it. Once killed it has
+        exited, and is replaced like one that died: a batch it had not read is sent to the
+        replacement, one it had read fails in its worker as of unknown outcome."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if self._pinged_at is not None and not self._answered():
+            if now - self._pinged_at >= self.settings.writer_watchdog_s:
+                log.error(
+                    "the log writer (pid %d) answered nothing for %.0f s; killing it",
+                    self.process.pid,
+                    now - self._pinged_at,
+                )
+                self._close_probe()
+                self.process.kill()
+                self.process.wait()
+            return
+        try:
+            if self._probe is None:
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self._probe = probe
+                probe.setblocking(False)
+                probe.connect(str(self.path))  # (a listening Unix socket: at once)
+            self._probe.send(PING_FRAME)  # (a few bytes into an empty buffer: whole)
+            self._pinged_at = now
+        except OSError:  # (it is going: ``exited`` will say)
+            self._close_probe()
+
+    def _answered(self) -> bool:
+        """Whether the ping's answer has arrived (a writer that closed the connection
+        counts: it exits, and ``exited`` says so)."""
+        assert self._probe is not None
+        try:
+            data = self._probe.recv(4096)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._close_probe()
+            return True
+        self._answer += data
+        if (
+            len(self._answer) < FRAME.size
+            or len(self._answer) < FRAME.size + FRAME.unpack_from(self._answer)[0]
+        ):
+            return False  # (not whole yet)
+        self._answer.clear()
+        self._pinged_at = None
+        return True
+
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+        self._probe, self._pinged_at = None, None
+        self._answer.clear()
 
     def start(self, timeout_s: float = 30.0) -> bool:
         """Start it and wait until it accepts; False (and it is stopped) if it does not."""
@@ -171,6 +242,7 @@ class LogWriter:
 
     def stop(self) -> None:
         """Stop it (after the workers: their last commits go through it) and wait."""
+        self._close_probe()  # (it serves its connections before it exits)
         if self.process is None:
             return
         if self.process.stdin is not None:

@@ -18,6 +18,7 @@ from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from sqlalchemy.exc import OperationalError
 
 from app.api.audit import AuditController
 from app.api.auth import AuthMiddleware
@@ -27,6 +28,7 @@ from app.api.problems import (
     ProblemError,
     http_exception_handler,
     internal_error_handler,
+    log_unavailable_handler,
     nesting_error_handler,
     problem_response,
 )
@@ -49,7 +51,7 @@ from app.store.notify import CommitListener
 from app.store.peers import PeerLink
 from app.store.queue import WorkQueue
 from app.store.retention import purge_ended_before
-from app.store.writer import RemoteWriter
+from app.store.writer import RemoteWriter, WriterUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +241,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ProblemError: problem_response,
             HTTPException: http_exception_handler,
             RecursionError: nesting_error_handler,
+            OperationalError: log_unavailable_handler,
+            WriterUnavailable: log_unavailable_handler,
             Exception: internal_error_handler,
         },
         # Shedding first: past saturation a refusal must cost less than the work it refuses.

@@ -10,6 +10,9 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy.exc import OperationalError
+
+from app.store.writer import WriterUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ _MEANINGS = {
     410: "The request's events were deleted by retention",
     413: "The request body is too large",
     429: "Too many active requests; see Retry-After",
+    503: "The event log could not take the write now; see Retry-After",
 }
 
 
@@ -137,6 +141,28 @@ def nesting_error_handler(
     return problem_response(
         request,
         ProblemError(400, "json_too_deep", "the JSON body nests too deeply; flatten it"),
+    )
+
+
+def log_unavailable_handler(
+    request: Request[Any, Any, Any], exc: OperationalError | WriterUnavailable
+) -> Response[Problem]:
+    """A write the event log could not take: the database refused it (locked past the
+    busy timeout, full, failing), or the log writer process went away before answering."""
+    log.error(
+        "the event log could not take a write on %s %s: %s", request.method, request.url.path, exc
+    )
+    if isinstance(exc, WriterUnavailable):
+        detail = (
+            "the event log's writer went away before confirming this write, so it may have "
+            "been stored: retry with the same Idempotency-Key, which returns the request "
+            "if it was"
+        )
+    else:
+        detail = "the database refused this write, and nothing of it was stored: retry it"
+    return problem_response(
+        request,
+        ProblemError(503, "log_unavailable", detail, headers={"Retry-After": "1"}),
     )
 
 

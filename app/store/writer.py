@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.logcontext import configure_logging
 from app.store.engine import Engines, SQLiteThreads, create_engines
@@ -43,7 +43,15 @@ log = logging.getLogger(__name__)
 FRAME = struct.Struct("!I")
 """Each message is its length, then a pickle."""
 
-OK, CONFLICT, FAILED = "ok", "conflict", "failed"
+OK, CONFLICT, REFUSED, FAILED = "ok", "conflict", "refused", "failed"
+"""The answers to a batch: committed; a conflict (the worker commits each append alone);
+the database refused the transaction (locked past the busy timeout, disk full or
+failing: an ``OperationalError`` in the worker, as in a process that commits itself);
+any other failure."""
+
+PING = "ping"
+"""A message that is not a batch: answered ``(OK, None)`` without a transaction, once the
+writer has answered what came before it. The supervisor's watchdog sends it."""
 
 
 class WriterUnavailable(Exception):
@@ -129,7 +137,10 @@ def serve_writes(engines: Engines, path: Path, until_eof: int) -> None:
                 buffer += data
                 for items in _messages(buffer):
                     try:
-                        sock.sendall(_answer(_commit(event_log, threads, items)))
+                        if items == PING:
+                            sock.sendall(frame((OK, None)))
+                        else:
+                            sock.sendall(_answer(_commit(event_log, threads, items)))
                     except OSError:  # (that worker is gone, or takes no answers)
                         drop(sock)
                         break
@@ -179,13 +190,16 @@ def _commit(
     event_log: EventLog, threads: SQLiteThreads, items: list[tuple[Any, ...]]
 ) -> tuple[str, Any]:
     """One worker's batch in one write transaction: ``(OK, Written)``, or why not."""
-    batch = [Appending(request_id, payloads, new) for request_id, payloads, new in items]
     try:
+        batch = [Appending(request_id, payloads, new) for request_id, payloads, new in items]
         return OK, threads.run_transaction(lambda conn: event_log.write_batch(conn, batch))
     except IntegrityError as exc:
         return CONFLICT, str(exc.orig)
+    except OperationalError as exc:
+        log.error("the database refused a group commit of %d appends: %s", len(items), exc.orig)
+        return REFUSED, str(exc.orig)
     except Exception as exc:
-        log.exception("group commit of %d appends failed in the log writer", len(batch))
+        log.exception("group commit of %d appends failed in the log writer", len(items))
         return FAILED, f"{type(exc).__name__}: {exc}"
 
 
@@ -203,9 +217,11 @@ class RemoteWriter:
     The log's writer task is its only caller, one batch at a time. A writer that is
     restarting is waited for (up to ``connect_timeout_s``) before anything is sent. A batch
     the writer cannot have taken whole (the socket says it was closed before, or with
-    the batch unread) is sent again to its replacement; a writer that goes away
-    after it took a batch leaves that batch's outcome unknown, and the batch fails with
-    ``WriterUnavailable``.
+    the batch unread) is sent again to its replacement, which it waits for up to
+    ``connect_timeout_s`` from then; a writer that goes away after it took a batch leaves
+    that batch's outcome unknown, and the batch fails with ``WriterUnavailable``. (A
+    writer that stops answering is the supervisor's watchdog's to end: a slow commit is
+    waited for, as in a process that commits itself.)
     """
 
     def __init__(self, path: Path, *, connect_timeout_s: float = 10.0) -> None:
@@ -217,7 +233,7 @@ class RemoteWriter:
     async def write(self, batch: Sequence[Appending]) -> Written:
         """Commit ``batch`` in the writer process; what ``EventLog.write_batch`` returns."""
         message = frame([(a.request_id, list(a.payloads), a.new) for a in batch])
-        deadline = time.monotonic() + self.connect_timeout_s
+        deadline: float | None = None  # (set when the writer is first found gone)
         while True:
             try:
                 kind, value = await self._exchange(message)
@@ -225,11 +241,16 @@ class RemoteWriter:
             except (BrokenPipeError, ConnectionResetError) as exc:
                 # The writer never had the whole batch (it was gone when this was sent, or
                 # went with the batch unread; it takes only whole ones): send it again, to
-                # its replacement.
-                if time.monotonic() >= deadline:
+                # its replacement. (The batch may have waited long for the one that went,
+                # a hung one that the watchdog ended, say: the wait starts now.)
+                now = time.monotonic()
+                deadline = deadline or now + self.connect_timeout_s
+                if now >= deadline:
                     raise WriterUnavailable(f"the log writer takes no commits: {exc}") from exc
         if kind == CONFLICT:
             raise IntegrityError("group commit", None, Exception(value))
+        if kind == REFUSED:
+            raise OperationalError("group commit", None, Exception(value))
         if kind == FAILED:
             raise WriterFailed(value)
         written: Written = value

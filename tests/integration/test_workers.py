@@ -1,12 +1,15 @@
 """Several worker processes on one SQLite file (``GENSTREAM_WORKERS``): a stream served by
 one worker follows a generation run by another, a worker that dies is replaced and its
-generations end as interrupted, and stopping the service stops every worker."""
+generations end as interrupted, the log writer is replaced when it dies or hangs, a write
+the database refuses is a 503 (with one process too), and stopping the service stops
+every worker."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import httpx
 import pytest
 
 from scripts.benchlib.procstat import family
+from tests.integration.test_api_contract import assert_problem
 from tests.support.invariants import assert_well_formed
 from tests.support.server import ServiceProcess
 from tests.support.sse_client import read_stream, runner_of
@@ -200,6 +204,70 @@ async def test_the_log_writer_commits_for_every_worker_and_is_replaced_when_it_d
         await second.aclose()
     (replaced,) = log_writers_of(service)
     assert replaced != writer, "the supervisor started a new log writer"
+
+
+async def test_a_log_writer_that_answers_nothing_is_killed_and_replaced(
+    service_factory: Any,
+) -> None:
+    service = service_factory(
+        GENSTREAM_DEMO_TOKEN_DELAY_MS="5",
+        GENSTREAM_SHED_LAG_MS="0",
+        GENSTREAM_SQLITE_BUSY_TIMEOUT_MS="500",
+        GENSTREAM_WRITER_WATCHDOG_S="1",
+        **WORKERS,
+    )
+    base = service.base_url
+    (hung,) = log_writers_of(service)
+    os.kill(hung, signal.SIGSTOP)  # alive, and answering nothing
+    async with httpx.AsyncClient(timeout=60) as client:
+        # The batch waits, unread, in the stopped writer's socket; once the watchdog has
+        # killed it, the worker sends it to the replacement.
+        posted = await client.post(f"{base}/assistant/request", json={"prompt": "p"})
+        assert posted.status_code == 201, posted.text
+        rid = posted.json()["request_id"]
+        events = (await read_stream(client, f"{base}/assistant/stream/{rid}")).events
+        stored = (await client.get(f"{base}/assistant/requests/{rid}/events")).json()
+    assert events == stored["events"] and events[-1]["type"] == "complete"
+    assert_well_formed(events, rid)
+    assert _state(hung) in ("gone", "Z"), "the watchdog killed the hung writer"
+    (replaced,) = log_writers_of(service)
+    assert replaced != hung
+    assert f"the log writer (pid {hung}) answered nothing" in service.log()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_write_the_database_refuses_is_a_503_and_loses_nothing(
+    service_factory: Any, workers: str
+) -> None:
+    # (Never shedding: the held lock would trip it, answering 429 before the log is tried.)
+    service = service_factory(
+        GENSTREAM_SHED_LAG_MS="0",
+        GENSTREAM_SQLITE_BUSY_TIMEOUT_MS="300",
+        **{**WORKERS, "GENSTREAM_WORKERS": workers},
+    )
+    base = service.base_url
+    async with httpx.AsyncClient(timeout=60) as client:
+        first = (await client.post(f"{base}/assistant/request", json={"prompt": "p"})).json()
+        await read_stream(client, f"{base}/assistant/stream/{first['request_id']}")
+        before = await client.get(f"{base}/assistant/requests/{first['request_id']}/events")
+        lock = sqlite3.connect(service.db_path, isolation_level=None)
+        try:
+            lock.execute("BEGIN IMMEDIATE")  # the write lock, held past the busy timeout
+            refused = await client.post(f"{base}/assistant/request", json={"prompt": "q"})
+        finally:
+            lock.close()
+        body = assert_problem(refused, 503, "log_unavailable")
+        assert refused.headers["Retry-After"] == "1"
+        assert "nothing of it was stored" in body["detail"]
+        posted = await client.post(f"{base}/assistant/request", json={"prompt": "r"})
+        assert posted.status_code == 201, "once the lock is free, writes go through"
+        rid = posted.json()["request_id"]
+        events = (await read_stream(client, f"{base}/assistant/stream/{rid}")).events
+        assert events[-1]["type"] == "complete"
+        after = await client.get(f"{base}/assistant/requests/{first['request_id']}/events")
+        listed = (await client.get(f"{base}/audit/requests")).json()
+    assert after.json() == before.json(), "what was stored before stays"
+    assert len(listed["requests"]) == 2, "the refused request was not created"
 
 
 async def test_stopping_the_service_stops_every_worker(service_factory: Any) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from app.domain import events as ev
 from app.store.engine import create_engines
@@ -33,6 +34,8 @@ from app.store.writer import (
     FAILED,
     FRAME,
     OK,
+    PING,
+    REFUSED,
     RemoteWriter,
     WriterFailed,
     WriterUnavailable,
@@ -140,6 +143,14 @@ def test_frames_are_answered_once_each_in_order_however_they_arrive(writer: Writ
     assert answer(conn)[0] == CONFLICT, "a duplicate request is the worker's to sort out"
 
 
+def test_a_ping_is_answered_in_turn_without_a_transaction(writer: Writer) -> None:
+    conn = writer.connect()
+    conn.sendall(frame(create_batch(rid_of(1))) + frame(PING) + frame(create_batch(rid_of(2))))
+    assert [answer(conn)[0] for _ in range(3)] == [OK, OK, OK]
+    conn.sendall(frame(PING))
+    assert answer(conn) == (OK, None)
+
+
 def test_a_failed_transaction_is_an_answer_and_the_writer_goes_on(tmp_path: Path) -> None:
     bare = Writer(f"sqlite+aiosqlite:///{tmp_path / 'not-migrated.db'}", tmp_path / "b.sock")
     try:
@@ -147,9 +158,22 @@ def test_a_failed_transaction_is_an_answer_and_the_writer_goes_on(tmp_path: Path
         for _ in range(2):
             conn.sendall(frame(create_batch(rid_of(1))))
             kind, detail = answer(conn)
-            assert kind == FAILED and "no such table" in str(detail)
+            assert kind == REFUSED and "no such table" in str(detail)
     finally:
         bare.close()
+
+
+def test_a_batch_that_fails_otherwise_is_an_answer_and_the_writer_goes_on(
+    writer: Writer,
+) -> None:
+    conn = writer.connect()
+    new = NewRequest(request_id=rid_of(1), user_id="u", mode="chat")
+    for bad in ([("not", "a", "batch", "item")], [(rid_of(1), [42], new)]):
+        conn.sendall(frame(bad))
+        kind, _ = answer(conn)
+        assert kind == FAILED, "what is not the database's refusal fails as such"
+    conn.sendall(frame(create_batch(rid_of(2))))
+    assert answer(conn)[0] == OK
 
 
 def test_a_writer_told_to_stop_serves_its_workers_until_they_leave(writer: Writer) -> None:
@@ -170,14 +194,26 @@ async def test_a_worker_waits_for_its_writer_then_gives_up(tmp_path: Path) -> No
 
 
 @pytest.mark.anyio
-async def test_a_failed_transaction_raises_in_the_worker(tmp_path: Path) -> None:
+async def test_a_refused_transaction_raises_in_the_worker_as_the_database_s(
+    tmp_path: Path,
+) -> None:
     bare = Writer(f"sqlite+aiosqlite:///{tmp_path / 'not-migrated.db'}", tmp_path / "b.sock")
     try:
         bare.connect()  # (waits until it accepts)
         remote = RemoteWriter(bare.path)
         (rid, payloads, new) = create_batch(rid_of(1))[0]
-        with pytest.raises(WriterFailed, match="no such table"):
+        with pytest.raises(OperationalError, match="no such table"):
             await remote.write([Appending(rid, payloads, new)])  # type: ignore[arg-type]
         await remote.close()
     finally:
         bare.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_batch_raises_in_the_worker(writer: Writer) -> None:
+    writer.connect()  # (waits until it accepts)
+    remote = RemoteWriter(writer.path)
+    new = NewRequest(request_id=rid_of(1), user_id="u", mode="chat")
+    with pytest.raises(WriterFailed):
+        await remote.write([Appending(rid_of(1), [42], new)])  # type: ignore[list-item]
+    await remote.close()

@@ -34,6 +34,8 @@ def test_values_are_typed() -> None:
         {"GENSTREAM_WORKERS": "0"},
         {"GENSTREAM_WORKERS": "65"},
         {"GENSTREAM_WORKERS": "2", "GENSTREAM_DATABASE_URL": "sqlite+aiosqlite:///:memory:"},
+        {"GENSTREAM_WRITER_WATCHDOG_S": "0"},
+        {"GENSTREAM_WRITER_WATCHDOG_S": "5"},  # (not longer than the 5 s busy timeout)
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str]) -> None:
