@@ -55,7 +55,7 @@ async def ready(state: State) -> Response[Health]:
     tags=["operations"],
     summary="Prometheus metrics",
     media_type="text/plain",
-    responses=problem_specs(403),
+    responses=problem_specs(403, database=False),
 )
 async def metrics(request: Request[Any, Any, State], state: State) -> Response[str]:
     """The service's counters, gauges and histograms in Prometheus text format (admins)."""

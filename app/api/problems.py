@@ -62,12 +62,13 @@ _MEANINGS = {
     410: "The request's events were deleted by retention",
     413: "The request body is too large",
     429: "Too many active requests; see Retry-After",
-    503: "The event log could not take the write now; see Retry-After",
+    503: "The event log's database could not serve this now; see Retry-After",
 }
 
 
-def problem_specs(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI entries for the problem responses a route can give (401 on every one)."""
+def problem_specs(*statuses: int, database: bool = True) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the problem responses a route can give: 401 on every one, and
+    503 ``log_unavailable`` on every one that uses the ``database``."""
     return {
         status: ResponseSpec(
             data_container=Problem,
@@ -75,7 +76,7 @@ def problem_specs(*statuses: int) -> dict[int, ResponseSpec]:
             media_type=PROBLEM_MEDIA_TYPE,
             generate_examples=False,
         )
-        for status in sorted({401, *statuses})
+        for status in sorted({401, *statuses, *([503] if database else [])})
     }
 
 
@@ -147,12 +148,13 @@ def nesting_error_handler(
 def log_unavailable_handler(
     request: Request[Any, Any, Any], exc: OperationalError | WriterUnavailable
 ) -> Response[Problem]:
-    """A write the event log could not take: the database refused it (locked past the
-    busy timeout, full, failing), or the log writer process went away before answering."""
-    log.error(
-        "the event log could not take a write on %s %s: %s", request.method, request.url.path, exc
-    )
-    if isinstance(exc, WriterUnavailable):
+    """What the event log could not do: the database refused a write or a read (locked past
+    the busy timeout, full, failing, unreachable), or the log writer process went away
+    before it answered a write."""
+    log.error("the event log failed %s %s: %s", request.method, request.url.path, exc)
+    if request.method in ("GET", "HEAD"):
+        detail = "the event log's database could not answer this now: retry it"
+    elif isinstance(exc, WriterUnavailable):
         detail = (
             "the event log's writer went away before confirming this write, so it may have "
             "been stored: retry with the same Idempotency-Key, which returns the request "

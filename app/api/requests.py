@@ -60,7 +60,7 @@ class RequestController(Controller):
                 data_container=CreatedRequest,
                 description="Idempotent replay, or the element's field job already running",
             ),
-            **problem_specs(400, 413, 429, 503),
+            **problem_specs(400, 413, 429),
         },
     )
     async def create(
@@ -134,7 +134,7 @@ class RequestController(Controller):
                 data_container=RequestStatusOut,
                 description="The finished request (or its SSE stream)",
             ),
-            **problem_specs(400, 413, 429, 503),
+            **problem_specs(400, 413, 429),
         },
     )
     async def generate(
@@ -167,7 +167,7 @@ class RequestController(Controller):
         summary="Run a request again with the same inputs",
         responses={
             200: ResponseSpec(data_container=CreatedRequest, description="Idempotent replay"),
-            **problem_specs(400, 404, 410, 413, 429, 503),
+            **problem_specs(400, 404, 410, 413, 429),
         },
     )
     async def regenerate(
@@ -251,7 +251,7 @@ class RequestController(Controller):
         "/requests/{request_id:str}/cancel",
         status_code=200,
         summary="Cancel a request",
-        responses=problem_specs(400, 404, 409, 410, 503),
+        responses=problem_specs(400, 404, 409, 410),
     )
     async def cancel(
         self, request: Request[Any, Any, State], state: State, request_id: str

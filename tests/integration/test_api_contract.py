@@ -269,6 +269,8 @@ async def test_health_ready_metrics_and_schema(client: httpx.AsyncClient) -> Non
         "/assistant/requests/{request_id}/page",
     ]:
         assert path in schema["paths"]
+    responses = schema["paths"]["/assistant/request"]["post"]["responses"]
+    assert {"201", "429", "503"} <= set(responses), "the log's 503 is in the contract"
     assert_problem(await client.get("/nowhere"), 404, "not_found")
 
 
