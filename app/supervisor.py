@@ -90,20 +90,10 @@ def supervise(settings: Settings) -> int:
         log.info("started %d workers", settings.workers)
         while not stopping.is_set():
             time.sleep(0.5)  # (a signal's handler sets ``stopping``)
-            if writer is not None and not stopping.is_set():
-                writer.watch(time.monotonic())
-            if (
-                writer is not None
-                and not stopping.is_set()
-                and (code := writer.exited()) is not None
-            ):
-                log.warning("the log writer exited with %d; replacing it", code)
-                if not writer.start() and writer.failed_starts >= MAX_FAILED_STARTS:
-                    log.error(
-                        "the log writer failed to start %d times; stopping", MAX_FAILED_STARTS
-                    )
-                    status = 1
-                    stop(signal.SIGTERM, None)
+            if writer is not None and not stopping.is_set() and not writer.tend():
+                log.error("the log writer failed to start %d times; stopping", MAX_FAILED_STARTS)
+                status = 1
+                stop(signal.SIGTERM, None)
             for n, process in enumerate(workers):
                 code = process.poll()
                 if code is None or stopping.is_set():
@@ -117,14 +107,18 @@ def supervise(settings: Settings) -> int:
                     break
                 log.warning("worker %d (pid %d) exited with %d; replacing it", n, process.pid, code)
                 workers[n] = start()
+        # The workers' last commits (the generations they end as interrupted) go through
+        # the log writer: one that dies or hangs meanwhile is replaced as before.
         deadline = time.monotonic() + settings.shutdown_grace_s + 20.0
+        while any(p.poll() is None for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            if writer is not None and writer.failed_starts < MAX_FAILED_STARTS:
+                writer.tend()
         for process in workers:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if process.poll() is None:
                 log.warning("worker pid %d did not stop in time; killing it", process.pid)
                 process.kill()
-                process.wait()
+            process.wait()
     finally:
         if writer is not None:
             writer.stop()
@@ -147,6 +141,15 @@ class LogWriter:
         self._pinged_at: float | None = None
         """When the ping it has not answered yet was sent."""
         self._answer = bytearray()
+
+    def tend(self) -> bool:
+        """Watch it (``watch``), and start a new one if it exited; False once it has
+        failed to start ``MAX_FAILED_STARTS`` times in a row."""
+        self.watch(time.monotonic())
+        if (code := self.exited()) is None:
+            return True
+        log.warning("the log writer exited with %d; replacing it", code)
+        return self.start() or self.failed_starts < MAX_FAILED_STARTS
 
     def watch(self, now: float) -> None:
         """Ping it, or see whether it answered; kill it when a ping has gone unanswered

@@ -2,8 +2,9 @@
 
 SQLite always runs, twice: with the log's group commits on the process's own database
 thread, and in a log writer process (``store/writer.py``, as ``genstream serve`` runs
-one for its worker processes). PostgreSQL joins when GENSTREAM_TEST_POSTGRES_URL names a
-server (``scripts/test`` starts one); every test gets a fresh database on it.
+one for its worker processes, and on uvloop, as they do). PostgreSQL joins when
+GENSTREAM_TEST_POSTGRES_URL names a server (``scripts/test`` starts one); every test gets
+a fresh database on it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def through_log_writer(request: pytest.FixtureRequest) -> bool:
     """Whether this test's backend is SQLite with the log writer process."""
     return bool(request.node.callspec.params.get("database_url") == "sqlite-log-writer")
+
+
+@pytest.fixture
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, bool]]:
+    """The event loop: with the log writer, uvloop's, as in the workers that run one
+    (its transports are not asyncio's classes, and the writer's client must work on
+    them); otherwise asyncio's own."""
+    return "asyncio", {"use_uvloop": through_log_writer(request)}
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ every worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -233,6 +235,34 @@ async def test_a_log_writer_that_answers_nothing_is_killed_and_replaced(
     (replaced,) = log_writers_of(service)
     assert replaced != hung
     assert f"the log writer (pid {hung}) answered nothing" in service.log()
+
+
+async def test_a_log_writer_that_dies_while_the_service_stops_is_replaced_for_the_last_commits(
+    service_factory: Any,
+) -> None:
+    service = service_factory(
+        GENSTREAM_DEMO_TOKEN_DELAY_MS="200", GENSTREAM_SHUTDOWN_GRACE_S="1", **WORKERS
+    )
+    base = service.base_url
+    async with httpx.AsyncClient(timeout=60) as client:
+        rid = (await client.post(f"{base}/assistant/request", json={"prompt": "p"})).json()[
+            "request_id"
+        ]
+        await runner_of(client, base, rid)  # (running)
+    (writer,) = log_writers_of(service)
+    assert service.proc is not None
+    service.proc.send_signal(signal.SIGTERM)
+    os.kill(writer, signal.SIGKILL)  # before the workers' last commits, a grace away
+    assert service.proc.wait(timeout=60) == 0
+    service.proc = None
+    with contextlib.closing(sqlite3.connect(service.db_path)) as db:
+        rows = db.execute(
+            "SELECT type, data FROM events WHERE request_id = ? ORDER BY seq", (rid,)
+        ).fetchall()
+    assert rows[-1][0] == "error" and json.loads(rows[-1][1])["code"] == "interrupted", (
+        "the generation was ended, through a new log writer, before the service stopped"
+    )
+    assert "the log writer exited with -9; replacing it" in service.log()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
