@@ -180,7 +180,11 @@ class Settings:
             raise SettingsError(
                 "GENSTREAM_LOG_LEVEL must be debug, info, warning, error or critical"
             )
-        if self.writer_watchdog_s * 1000 <= self.sqlite_busy_timeout_ms:
+        if (
+            self.workers > 1
+            and self.database_url.startswith("sqlite")
+            and self.writer_watchdog_s * 1000 <= self.sqlite_busy_timeout_ms
+        ):
             raise SettingsError(
                 "GENSTREAM_WRITER_WATCHDOG_S must be longer than GENSTREAM_SQLITE_BUSY_TIMEOUT_MS, "
                 "which a commit may wait for the write lock"

@@ -149,7 +149,7 @@ def log_unavailable_handler(
     request: Request[Any, Any, Any], exc: OperationalError | WriterUnavailable
 ) -> Response[Problem]:
     """What the event log could not do: the database refused a write or a read (locked past
-    the busy timeout, full, failing, unreachable), or the log writer process went away
+    the busy timeout, disk full or failing), or the log writer process went away
     before it answered a write."""
     log.error("the event log failed %s %s: %s", request.method, request.url.path, exc)
     if request.method in ("GET", "HEAD"):

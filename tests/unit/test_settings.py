@@ -35,7 +35,8 @@ def test_values_are_typed() -> None:
         {"GENSTREAM_WORKERS": "65"},
         {"GENSTREAM_WORKERS": "2", "GENSTREAM_DATABASE_URL": "sqlite+aiosqlite:///:memory:"},
         {"GENSTREAM_WRITER_WATCHDOG_S": "0"},
-        {"GENSTREAM_WRITER_WATCHDOG_S": "5"},  # (not longer than the 5 s busy timeout)
+        # (With workers on SQLite, not longer than the 5 s busy timeout.)
+        {"GENSTREAM_WRITER_WATCHDOG_S": "5", "GENSTREAM_WORKERS": "2"},
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str]) -> None:
@@ -108,3 +109,9 @@ def test_database_urls_name_a_supported_driver() -> None:
 def test_an_unknown_log_level_names_the_variable() -> None:
     with pytest.raises(SettingsError, match="GENSTREAM_LOG_LEVEL"):
         Settings.from_env({"GENSTREAM_LOG_LEVEL": "loud"})
+
+
+def test_the_writer_watchdog_is_checked_only_where_there_is_a_log_writer() -> None:
+    # One process (or PostgreSQL) runs no log writer: a long busy timeout is its own affair.
+    settings = Settings.from_env({"GENSTREAM_SQLITE_BUSY_TIMEOUT_MS": "60000"})
+    assert settings.writer_watchdog_s == 30.0
