@@ -240,8 +240,10 @@ async def test_a_log_writer_that_answers_nothing_is_killed_and_replaced(
 async def test_a_log_writer_that_dies_while_the_service_stops_is_replaced_for_the_last_commits(
     service_factory: Any,
 ) -> None:
+    # (A token every 5 s: no commit is in flight when the writer is killed, so the one
+    # that ends the generation is the first after it.)
     service = service_factory(
-        GENSTREAM_DEMO_TOKEN_DELAY_MS="200", GENSTREAM_SHUTDOWN_GRACE_S="1", **WORKERS
+        GENSTREAM_DEMO_TOKEN_DELAY_MS="5000", GENSTREAM_SHUTDOWN_GRACE_S="1", **WORKERS
     )
     base = service.base_url
     async with httpx.AsyncClient(timeout=60) as client:
