@@ -37,7 +37,7 @@ from types import FrameType
 
 from app.api.app import build_services, schema_problem, started_marker
 from app.settings import Settings
-from app.store.writer import FRAME, PING, frame
+from app.store.writer import PING, frame, messages
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +196,8 @@ class LogWriter:
             self._close_probe()
             return True
         self._answer += data
-        if (
-            len(self._answer) < FRAME.size
-            or len(self._answer) < FRAME.size + FRAME.unpack_from(self._answer)[0]
-        ):
+        if not messages(self._answer):
             return False  # (not whole yet)
-        self._answer.clear()
         self._pinged_at = None
         return True
 

@@ -135,7 +135,7 @@ def serve_writes(engines: Engines, path: Path, until_eof: int) -> None:
                     continue
                 buffer = buffers[sock]
                 buffer += data
-                for items in _messages(buffer):
+                for items in messages(buffer):
                     try:
                         if items == PING:
                             sock.sendall(frame((OK, None)))
@@ -174,7 +174,7 @@ def _recv(sock: socket.socket) -> bytes:
         return b""
 
 
-def _messages(buffer: bytearray) -> list[Any]:
+def messages(buffer: bytearray) -> list[Any]:
     """The whole messages at the start of ``buffer``, taken out of it."""
     out = []
     while len(buffer) >= FRAME.size:
