@@ -38,6 +38,7 @@ from types import FrameType
 from app.api.app import build_services, schema_problem, started_marker
 from app.settings import Settings
 from app.store.writer import PING, frame, messages
+from app.store.writer import command as writer_command
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,9 @@ class LogWriter:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # (what one that died left: the workers wait for the new one)
         s = self.settings
-        command = [sys.executable, "-m", "app.store.writer", str(self.path), s.database_url]
-        command += [s.sqlite_synchronous, str(s.sqlite_busy_timeout_ms), s.log_level]
+        argv = writer_command(
+            self.path, s.database_url, s.sqlite_synchronous, s.sqlite_busy_timeout_ms, s.log_level
+        )
         # Ignoring SIGINT and SIGTERM from before it starts (ignored signals stay ignored
         # across exec), so that a terminal's Ctrl-C or a service manager's stop, which
         # reach every process of the service, leave it to the workers' last commits. Not
@@ -222,7 +224,7 @@ class LogWriter:
         # scheduling group, and the writer's lower priority would count for nothing
         # against the workers' (docs/benchmarks.md, "One log writer process").
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, preexec_fn=_ignore_stop_signals
+            argv, stdin=subprocess.PIPE, preexec_fn=_ignore_stop_signals
         )
         deadline = time.monotonic() + timeout_s
         while not self.path.exists():

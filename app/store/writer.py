@@ -300,6 +300,14 @@ class RemoteWriter:
                 await out.wait_closed()
 
 
+def command(
+    path: Path, url: str, synchronous: str, busy_timeout_ms: int, log_level: str
+) -> list[str]:
+    """The command line that starts a log writer process (what ``main`` reads)."""
+    argv = [str(path), url, synchronous, str(busy_timeout_ms), log_level]
+    return [sys.executable, "-m", "app.store.writer", *argv]
+
+
 def main(argv: Sequence[str]) -> int:
     """The log writer process: ``python -m app.store.writer SOCKET DATABASE_URL
     SYNCHRONOUS BUSY_TIMEOUT_MS LOG_LEVEL``, as the supervisor starts it (with SIGINT and

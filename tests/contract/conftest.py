@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from app.store.engine import Engines, create_engines
 from app.store.log import EventLog
 from app.store.queue import WorkQueue
 from app.store.writer import RemoteWriter
+from app.store.writer import command as writer_command
 from tests.support.postgres import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,8 +99,8 @@ async def log(engines: Engines, remote: RemoteWriter | None) -> AsyncIterator[Ev
 @contextlib.contextmanager
 def log_writer(url: str, socket: Path) -> Iterator[Path]:
     """A log writer process for the database at ``url``, as the supervisor starts one."""
-    command = [sys.executable, "-m", "app.store.writer", str(socket), url, "NORMAL", "5000"]
-    process = subprocess.Popen([*command, "warning"], cwd=ROOT, stdin=subprocess.PIPE)
+    argv = writer_command(socket, url, "NORMAL", 5000, "warning")
+    process = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not socket.exists():  # (it appears once the writer accepts)
