@@ -5,7 +5,9 @@ read on the live path). A subscriber that falls behind by more than its buffer i
 lagged and refills from the database, so a slow client costs memory only up to a bound.
 
 The hub also keeps the tail of each stream this process is writing: its latest committed
-events, from ``created`` on, while it runs. A client connecting or resuming mid-stream
+events, from ``created`` on, while it runs (events another worker wrote are delivered but
+not kept: at 1,000 streams, tails of every stream in every worker were a fifth of the
+service's memory, docs/benchmarks.md). A client connecting or resuming mid-stream
 gets its backlog from there instead of the database, as long as the tail still reaches
 back to what the client last saw. A tail is dropped at the terminal event, when it has a
 gap (another node appended), and, oldest first, past a cap on their number; while a
@@ -142,11 +144,16 @@ class Hub:
         if not boxes:
             del self._boxes[request_id]
 
-    def publish(self, events: Iterable[StoredEvent]) -> None:
-        """Deliver committed events to their request's subscribers, and keep their tails."""
+    def publish(self, events: Iterable[StoredEvent], *, own: bool = True) -> None:
+        """Deliver committed events to their request's subscribers; keep the tails of the
+        streams this process writes (``own``), and drop any tail another's event lands in."""
+        tails = self._tails
         for event in events:
             item = Committed(event)
-            self._keep(item)
+            if own:
+                self._keep(item)
+            elif tails and event.request_id in tails:
+                del tails[event.request_id]  # its events now come from elsewhere too
             for box in self._boxes.get(event.request_id, ()):
                 box.put(item)
 

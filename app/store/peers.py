@@ -5,8 +5,10 @@ while its streams are served by whichever worker accepted each client's connecti
 worker listens on a Unix socket in a directory the supervisor gives it, opens one
 connection to every other worker, and after each group commit sends the committed events
 down each of them (msgpack, length-prefixed). The receiving worker publishes them to its
-hub exactly as it does its own commits: subscribers get them without a database read,
-and a stream opened later finds its backlog in the hub's tails.
+hub as it does its own commits: subscribers get them without a database read. They do
+not build tails in the hub: a stream's latest events are held by the worker that writes
+it, once on the machine rather than once per worker, and a client that connects to
+another worker reads its backlog from the database (on the event loop, ``EventLog.read``).
 
 The log stays the source of truth. One worker's events arrive in commit order; a
 subscriber that sees a gap (two workers appended to one request, or a link dropped)
@@ -149,7 +151,7 @@ class PeerLink:
 
     def _received(self, events: list[StoredEvent]) -> None:
         self.stats.received += len(events)
-        self._hub.publish(events)
+        self._hub.publish(events, own=False)
         if self._on_created is not None and any(e.seq == 1 for e in events):
             self._on_created()
 

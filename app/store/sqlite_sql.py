@@ -59,6 +59,21 @@ REQUEST_COLUMNS = tuple(c.name for c in requests.c if not c.name.startswith("lea
 REQUEST = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = ?"
 
 
+EVENTS_AFTER = (
+    "SELECT id, seq, type, v, data, at FROM events WHERE request_id = ? AND seq > ? "
+    "ORDER BY seq LIMIT ?"
+)
+
+
+def events_after(
+    db: sqlite3.Connection, request_id: str, after: int, limit: int
+) -> list[tuple[int, int, str, int, str, str]]:
+    """Up to ``limit`` of a request's events after ``after``, in order: ``(id, seq, type, v,
+    data, at)`` with ``at`` as SQLite's text."""
+    rows = db.execute(EVENTS_AFTER, (request_id, after, limit)).fetchall()
+    return cast(list[tuple[int, int, str, int, str, str]], rows)
+
+
 def request(db: sqlite3.Connection, request_id: str) -> tuple[Any, ...] | None:
     """A request's read-model row in ``REQUEST_COLUMNS`` order, or None."""
     return cast(tuple[Any, ...] | None, db.execute(REQUEST, (request_id,)).fetchone())

@@ -71,3 +71,14 @@ def test_the_oldest_tails_go_first_past_the_cap() -> None:
     assert hub.tail("a", 0) is None
     assert seqs(hub.tail("b", 0)) == [1]
     assert seqs(hub.tail("c", 0)) == [1]
+
+
+def test_another_workers_events_are_delivered_but_build_no_tail() -> None:
+    hub = Hub()
+    box = hub.register("a")
+    hub.publish([event("a", 1, "created"), event("a", 2)], own=False)
+    assert seqs(box.take()) == [1, 2]
+    assert hub.tail("a", 0) is None, "the worker that writes a stream keeps its tail"
+    hub.publish([event("b", 1, "created"), event("b", 2)])
+    hub.publish([event("b", 3)], own=False)  # another worker appended to our stream
+    assert hub.tail("b", 0) is None, "the tail no longer holds every event"

@@ -110,6 +110,13 @@ def test_the_group_commits_reads_on_sqlite_use_an_index(
     assert "SCAN requests" not in found
 
 
+def test_a_streams_backlog_on_sqlite_is_read_from_its_unique_index(database: str) -> None:
+    """The page a stream reads on the event loop: a range of one index, no sort."""
+    found = raw_plan(database, sqlite_sql.EVENTS_AFTER, 3)
+    assert "INDEX sqlite_autoindex_events_1 (request_id=? AND seq>?)" in found
+    assert "TEMP B-TREE" not in found
+
+
 def test_a_claim_on_sqlite_finds_the_oldest_queued_from_the_status_index(database: str) -> None:
     """Only ties on ``created_at`` are sorted (by request ID); the queue is never scanned."""
     found = raw_plan(database, sqlite_sql.CLAIM, 3)
