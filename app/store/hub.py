@@ -5,9 +5,10 @@ read on the live path). A subscriber that falls behind by more than its buffer i
 lagged and refills from the database, so a slow client costs memory only up to a bound.
 
 The hub also keeps the tail of each stream this process is writing: its latest committed
-events, from ``created`` on, while it runs (events another worker wrote are delivered but
-not kept: at 1,000 streams, tails of every stream in every worker were a fifth of the
-service's memory, docs/benchmarks.md). A client connecting or resuming mid-stream
+events, from ``created`` on, while it runs. With workers, only the worker that created a
+stream keeps its tail, extended with the events the others ship (at 1,000 streams, a
+tail of every stream in every worker was a fifth of a worker's memory,
+docs/benchmarks.md). A client connecting or resuming mid-stream
 gets its backlog from there instead of the database, as long as the tail still reaches
 back to what the client last saw. A tail is dropped at the terminal event, when it has a
 gap (another node appended), and, oldest first, past a cap on their number; while a
@@ -145,15 +146,17 @@ class Hub:
             del self._boxes[request_id]
 
     def publish(self, events: Iterable[StoredEvent], *, own: bool = True) -> None:
-        """Deliver committed events to their request's subscribers; keep the tails of the
-        streams this process writes (``own``), and drop any tail another's event lands in."""
+        """Deliver committed events to their request's subscribers, and keep their tails.
+
+        A tail starts only at a ``created`` this process committed (``own``): events
+        another worker committed (``own=False``) extend a tail that exists here but never
+        start one, so each stream has one tail on the machine, in the worker that took
+        its POST, whichever worker runs it."""
         tails = self._tails
         for event in events:
             item = Committed(event)
-            if own:
+            if own or (event.seq != 1 and event.request_id in tails):
                 self._keep(item)
-            elif tails and event.request_id in tails:
-                del tails[event.request_id]  # its events now come from elsewhere too
             for box in self._boxes.get(event.request_id, ()):
                 box.put(item)
 

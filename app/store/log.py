@@ -196,10 +196,10 @@ class RemoteCommits(Protocol):
         ...
 
 
-LOOP_READ_ROWS = 500
-"""The longest read of a request's events that runs on the event loop (on SQLite): a
-stream's backlog page (``Subscription.page_size``). 500 rows cost about 2-3 ms of CPU
-there, against 4-5 ms through a reader thread and Core (docs/benchmarks.md)."""
+BACKLOG_PAGE = 500
+"""The events a stream reads from the database at a time (``EventLog.backlog``). On
+SQLite, on the event loop: 500 rows cost about 2-3 ms of CPU there, against 4-5 ms
+through a reader thread and Core (docs/decisions.md, "SQLite")."""
 
 
 class EventLog:
@@ -425,38 +425,22 @@ class EventLog:
         self, request_id: str, after: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
         """Committed events of ``request_id`` with ``seq > after``, in order, at most
-        ``limit``. On SQLite a page of up to ``LOOP_READ_ROWS`` (a stream's backlog) is
-        read on the event loop, like ``get``; longer reads go to a reader thread."""
+        ``limit``."""
         query, params = _READ, {"rid": request_id, "after": after}
-        if limit is None or limit > LOOP_READ_ROWS:
-            if limit is not None:
-                query, params["limit"] = _READ_PAGE, limit
-            rows = await self._engines.query(lambda conn: conn.execute(query, params).all())
-            return [stored_event(request_id, row, self._upcasters) for row in rows]
-        query, params["limit"] = _READ_PAGE, limit
-        return await self._engines.look_up(
-            lambda db: [
-                self._sqlite_event(request_id, row)
-                for row in sqlite_sql.events_after(db, request_id, after, limit)
-            ],
-            lambda conn: [
-                stored_event(request_id, row, self._upcasters)
-                for row in conn.execute(query, params)
-            ],
-        )
+        if limit is not None:
+            query, params["limit"] = _READ_PAGE, limit
+        rows = await self._engines.query(lambda conn: conn.execute(query, params).all())
+        return [stored_event(request_id, row, self._upcasters) for row in rows]
 
-    def _sqlite_event(
-        self, request_id: str, row: tuple[int, int, str, int, str, str]
-    ) -> StoredEvent:
-        id_, seq, type_, v, data, at = row
-        return StoredEvent(
-            id=id_,
-            request_id=request_id,
-            seq=seq,
-            type=type_,
-            at=sqlite_datetime(at),
-            data=self._upcasters.upcast(type_, v, data.encode()),
+    async def backlog(self, request_id: str, after: int) -> list[StoredEvent]:
+        """A stream's next page of ``BACKLOG_PAGE`` events at most after ``after``: on
+        SQLite read on the event loop, like ``get``, unless SQLite is busy."""
+        params = {"rid": request_id, "after": after, "limit": BACKLOG_PAGE}
+        rows: Sequence[Row[Any] | Mapping[str, Any]] = await self._engines.look_up(
+            lambda db: sqlite_sql.events_after(db, request_id, after, BACKLOG_PAGE),
+            lambda conn: conn.execute(_READ_PAGE, params).all(),
         )
+        return [stored_event(request_id, row, self._upcasters) for row in rows]
 
     async def get(self, request_id: str) -> RequestRecord | None:
         """The read-model row of a request, or None (every stream opened reads it)."""
@@ -503,7 +487,7 @@ class Subscription:
     the hub's tail of the stream when that reaches back far enough, else from the database.
     """
 
-    page_size = LOOP_READ_ROWS
+    page_size = BACKLOG_PAGE
 
     def __init__(self, log: EventLog, request_id: str, after: int) -> None:
         self._log = log
@@ -562,7 +546,7 @@ class Subscription:
         return out
 
     async def _from_db(self) -> list[Committed]:
-        rows = await self._log.read(self.request_id, self.last_seq, self.page_size)
+        rows = await self._log.backlog(self.request_id, self.last_seq)
         out: list[Committed] = []
         for event in rows:
             out.append(self._advance(Committed(event)))

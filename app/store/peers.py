@@ -5,10 +5,10 @@ while its streams are served by whichever worker accepted each client's connecti
 worker listens on a Unix socket in a directory the supervisor gives it, opens one
 connection to every other worker, and after each group commit sends the committed events
 down each of them (msgpack, length-prefixed). The receiving worker publishes them to its
-hub as it does its own commits: subscribers get them without a database read. They do
-not build tails in the hub: a stream's latest events are held by the worker that writes
-it, once on the machine rather than once per worker, and a client that connects to
-another worker reads its backlog from the database (on the event loop, ``EventLog.read``).
+hub: subscribers get them without a database read. They extend the hub's tail of a
+stream this worker created but never start one, so a stream's latest events are held
+once on the machine rather than once per worker; a client that connects to another
+worker reads its backlog from the database (on SQLite, on the event loop).
 
 The log stays the source of truth. One worker's events arrive in commit order; a
 subscriber that sees a gap (two workers appended to one request, or a link dropped)
@@ -165,8 +165,8 @@ class PeerLink:
 
     def _inbound_lost(self, transport: asyncio.BaseTransport) -> None:
         self._inbound.discard(transport)
-        # Shipments from that worker may be missing: the tails built from them could have
-        # lost their last events, so they must not serve a backlog any more.
+        # Shipments from that worker may be missing: the tails they extended could lack
+        # their last events, so they must not serve a backlog any more.
         self._hub.forget_tails()
 
     def _outbound_lost(self, path: Path, transport: asyncio.BaseTransport) -> None:

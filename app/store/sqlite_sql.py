@@ -59,19 +59,25 @@ REQUEST_COLUMNS = tuple(c.name for c in requests.c if not c.name.startswith("lea
 REQUEST = f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests WHERE request_id = ?"
 
 
+EVENT_COLUMNS = ("id", "seq", "type", "v", "data")
+"""What ``log.stored_event`` reads from a row of the events table, besides ``at``."""
 EVENTS_AFTER = (
-    "SELECT id, seq, type, v, data, at FROM events WHERE request_id = ? AND seq > ? "
+    f"SELECT {', '.join(EVENT_COLUMNS)}, at FROM events WHERE request_id = ? AND seq > ? "
     "ORDER BY seq LIMIT ?"
 )
 
 
 def events_after(
     db: sqlite3.Connection, request_id: str, after: int, limit: int
-) -> list[tuple[int, int, str, int, str, str]]:
-    """Up to ``limit`` of a request's events after ``after``, in order: ``(id, seq, type, v,
-    data, at)`` with ``at`` as SQLite's text."""
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` of a request's events after ``after``, in order, their columns by
+    name (``at`` as a datetime): what ``log.stored_event`` reads."""
     rows = db.execute(EVENTS_AFTER, (request_id, after, limit)).fetchall()
-    return cast(list[tuple[int, int, str, int, str, str]], rows)
+    return [_event_columns(rest, at) for *rest, at in rows]
+
+
+def _event_columns(values: Sequence[Any], at: str) -> dict[str, Any]:
+    return {**dict(zip(EVENT_COLUMNS, values, strict=True)), "at": sqlite_datetime(at)}
 
 
 def request(db: sqlite3.Connection, request_id: str) -> tuple[Any, ...] | None:
@@ -118,7 +124,7 @@ CLAIM = (
 def firsts_sql(n: int) -> str:
     """The statement of ``firsts`` for ``n`` requests."""
     return (
-        "SELECT request_id, id, seq, type, v, data, at FROM events "
+        f"SELECT request_id, {', '.join(EVENT_COLUMNS)}, at FROM events "
         f"WHERE request_id IN ({marks(n)}) AND seq = 1"
     )
 
@@ -134,8 +140,4 @@ def firsts(db: sqlite3.Connection, request_ids: Sequence[str]) -> dict[str, dict
     """Each request's first event, its columns by name (``at`` as a datetime), by request:
     what ``log.stored_event`` reads."""
     rows = db.execute(firsts_sql(len(request_ids)), tuple(request_ids)).fetchall()
-    columns = ("id", "seq", "type", "v", "data")
-    return {
-        str(rid): {**dict(zip(columns, rest, strict=True)), "at": sqlite_datetime(at)}
-        for rid, *rest, at in rows
-    }
+    return {str(rid): _event_columns(rest, at) for rid, *rest, at in rows}

@@ -73,12 +73,26 @@ def test_the_oldest_tails_go_first_past_the_cap() -> None:
     assert seqs(hub.tail("c", 0)) == [1]
 
 
-def test_another_workers_events_are_delivered_but_build_no_tail() -> None:
+def test_another_workers_events_extend_a_tail_but_never_start_one() -> None:
     hub = Hub()
     box = hub.register("a")
     hub.publish([event("a", 1, "created"), event("a", 2)], own=False)
-    assert seqs(box.take()) == [1, 2]
-    assert hub.tail("a", 0) is None, "the worker that writes a stream keeps its tail"
+    assert seqs(box.take()) == [1, 2], "delivered all the same"
+    assert hub.tail("a", 0) is None, "the worker that took the POST keeps the tail"
     hub.publish([event("b", 1, "created"), event("b", 2)])
-    hub.publish([event("b", 3)], own=False)  # another worker appended to our stream
-    assert hub.tail("b", 0) is None, "the tail no longer holds every event"
+    hub.publish([event("b", 3)], own=False)  # another worker claimed and runs b
+    assert seqs(hub.tail("b", 0)) == [1, 2, 3]
+    hub.publish([event("b", 5)], own=False)
+    assert hub.tail("b", 0) is None, "a gap drops it, whoever committed the event"
+
+
+def test_a_stream_created_here_and_run_elsewhere_has_one_tail() -> None:
+    took_post, runs_it = Hub(), Hub()
+    created = [event("a", 1, "created"), event("a", 2, "status")]
+    took_post.publish(created)
+    runs_it.publish(created, own=False)
+    running = [event("a", 3, "status"), event("a", 4)]
+    runs_it.publish(running)
+    took_post.publish(running, own=False)
+    assert seqs(took_post.tail("a", 0)) == [1, 2, 3, 4]
+    assert runs_it.tail("a", 0) is None

@@ -65,28 +65,28 @@ async def test_one_workers_commits_reach_the_others_subscribers_in_order(
     assert a.stats.sent == 4
 
 
-async def test_shipped_events_build_no_tail_and_drop_the_one_they_land_in(
+async def test_shipped_events_extend_a_tail_but_never_start_one(
     pair: tuple[PeerLink, PeerLink, Hub, list[int]],
 ) -> None:
     a, b, hub_b, _ = pair
     a.send([event(1, "created"), event(2)])
     await until(lambda: b.stats.received == 2)
-    assert hub_b.tail("r1", 0) is None, "the worker that writes a stream keeps its tail"
-    hub_b.publish([event(1, "created", "r2"), event(2, rid="r2")])  # b's own stream
-    assert hub_b.tail("r2", 0) is not None
-    a.send([event(3, rid="r2")])  # a appended to it too (a cancel, say)
+    assert hub_b.tail("r1", 0) is None, "the worker that created r1 keeps its tail"
+    hub_b.publish([event(1, "created", "r2"), event(2, rid="r2")])  # b created r2
+    a.send([event(3, rid="r2")])  # a claimed r2 and runs it
     await until(lambda: b.stats.received == 3)
-    assert hub_b.tail("r2", 0) is None, "b's tail no longer holds every event of r2"
+    tail = hub_b.tail("r2", 0)
+    assert tail is not None and [item.event.seq for item in tail] == [1, 2, 3]
 
 
 async def test_a_lost_link_drops_the_tails(
     pair: tuple[PeerLink, PeerLink, Hub, list[int]],
 ) -> None:
     a, b, hub_b, _ = pair
-    hub_b.publish([event(1, "created"), event(2)])  # b's own stream
-    a.send([event(1, "created", "r2")])
+    hub_b.publish([event(1, "created"), event(2)])  # b created r1
+    a.send([event(3)])  # a runs it
     await until(lambda: b.stats.received == 1)
-    await a.close()  # shipments from a may now be missing, events of b's streams too
+    await a.close()  # shipments from a may now be missing: the tails they fed must not serve
     await until(lambda: hub_b.tail("r1", 0) is None)
     await until(lambda: b.peers == 0)
 
