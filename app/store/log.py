@@ -487,8 +487,6 @@ class Subscription:
     the hub's tail of the stream when that reaches back far enough, else from the database.
     """
 
-    page_size = BACKLOG_PAGE
-
     def __init__(self, log: EventLog, request_id: str, after: int) -> None:
         self._log = log
         self.request_id = request_id
@@ -553,7 +551,7 @@ class Subscription:
             if self.finished:
                 break
         # A full page means there may be more in the database than any wake-up will bring.
-        self._backlog_done = len(rows) < self.page_size
+        self._backlog_done = len(rows) < BACKLOG_PAGE
         return out
 
     def _advance(self, item: Committed) -> Committed:
