@@ -196,21 +196,19 @@ async def sse_body(
                 items = await sub.next(wait)
                 now = time.monotonic()
                 if items and speed <= 0:
-                    yield b"".join(
-                        sse.event_frame(c.event.seq, c.event.type, c.envelope) for c in items
-                    )
+                    yield b"".join(sse.event_frame(c.seq, c.type, c.envelope) for c in items)
                     last_sent = last_event = now
                 elif items:
                     for item in items:
-                        first_at = first_at or item.event.at
-                        due = started + replay_offset(first_at, item.event.at, speed)
+                        first_at = first_at or item.at
+                        due = started + replay_offset(first_at, item.at, speed)
                         while (delay := due - time.monotonic()) > 0:
                             if not await _pause(svc, min(delay, limits.sse_ping_interval_s)):
                                 return
                             if time.monotonic() - last_sent >= limits.sse_ping_interval_s:
                                 yield sse.PING
                                 last_sent = time.monotonic()
-                        yield sse.event_frame(item.event.seq, item.event.type, item.envelope)
+                        yield sse.event_frame(item.seq, item.type, item.envelope)
                         last_sent = last_event = time.monotonic()
                 elif svc.shutting_down.is_set():
                     return

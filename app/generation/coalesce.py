@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from app.generation.providers.base import ModelOutput, Token
+from app.wakeup import Wakeup
 
 
 class Flush:
@@ -32,8 +33,8 @@ async def coalesce(
     others: list[ModelOutput] = []
     size = 0
     tokens = 0
-    ready = asyncio.Event()
-    urgent = asyncio.Event()
+    ready = Wakeup()
+    urgent = Wakeup()
     finished = False
 
     async def pump() -> None:
@@ -54,20 +55,14 @@ async def coalesce(
             ready.set()
             urgent.set()
 
-    loop = asyncio.get_running_loop()
     task = asyncio.create_task(pump())
     try:
         while True:
             await ready.wait()
-            if not urgent.is_set():
-                # A timer that sets the flag, not a timeout: no task and no exception per
-                # flush (a timeout's exception and traceback form reference cycles, which
-                # only the cycle collector frees: garbage at 20 flushes/s per stream).
-                timer = loop.call_later(interval_s, urgent.set)
-                try:
-                    await urgent.wait()
-                finally:
-                    timer.cancel()
+            # A timed Wakeup, not asyncio.timeout: no exception per flush (a timeout's
+            # exception and traceback form reference cycles, which only the cycle
+            # collector frees: garbage at 20 flushes/s per stream).
+            await urgent.wait(interval_s)
             flush = Flush("".join(texts), tokens, list(others))
             texts.clear()
             others.clear()

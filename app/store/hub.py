@@ -17,28 +17,31 @@ NOTIFY has announced a seq the tail does not have yet, it serves no one.
 
 from __future__ import annotations
 
-import asyncio
+import sys
 from collections import defaultdict, deque
 from collections.abc import Iterable
 
 from app.domain.events import StoredEvent, envelope_json
+from app.wakeup import Wakeup
 
 
 class Committed:
-    """A committed event plus its client JSON, encoded at most once for all subscribers."""
+    """A committed event as its subscribers send it: its client JSON (``envelope``:
+    ``request_id``, ``seq``, ``type``, ``at`` and the payload), encoded once for all of
+    them, and the few fields they look at.
 
-    __slots__ = ("_envelope", "event")
+    It keeps no reference to the decoded event, whose payload the JSON repeats: the tails
+    hold thousands of these (docs/benchmarks.md, "Lighter per-stream objects").
+    """
+
+    __slots__ = ("at", "envelope", "seq", "terminal", "type")
 
     def __init__(self, event: StoredEvent) -> None:
-        self.event = event
-        self._envelope: bytes | None = None
-
-    @property
-    def envelope(self) -> bytes:
-        """The JSON sent to clients (``request_id``, ``seq``, ``type``, ``at``, payload)."""
-        if self._envelope is None:
-            self._envelope = envelope_json(self.event)
-        return self._envelope
+        self.seq = event.seq
+        self.type = sys.intern(event.type)
+        self.at = event.at
+        self.terminal = event.terminal
+        self.envelope = envelope_json(event)
 
 
 class Mailbox:
@@ -47,9 +50,9 @@ class Mailbox:
     __slots__ = ("_items", "_limit", "_wakeup", "high_seq", "lagged")
 
     def __init__(self, limit: int) -> None:
-        self._items: deque[Committed] = deque()
+        self._items: list[Committed] = []
         self._limit = limit
-        self._wakeup = asyncio.Event()
+        self._wakeup = Wakeup()
         self.lagged = False
         self.high_seq = 0
 
@@ -60,7 +63,7 @@ class Mailbox:
             self._wakeup.set()
 
     def put(self, item: Committed) -> None:
-        self.high_seq = max(self.high_seq, item.event.seq)
+        self.high_seq = max(self.high_seq, item.seq)
         if len(self._items) >= self._limit:
             self._items.clear()
             self.lagged = True
@@ -70,8 +73,7 @@ class Mailbox:
 
     def take(self) -> list[Committed]:
         """Everything buffered, oldest first."""
-        items = list(self._items)
-        self._items.clear()
+        items, self._items = self._items, []
         self._wakeup.clear()
         return items
 
@@ -79,12 +81,7 @@ class Mailbox:
         """Wait up to ``wait_s`` for something to arrive; False when nothing did."""
         if self._items or self.lagged:
             return True
-        try:
-            async with asyncio.timeout(wait_s):
-                await self._wakeup.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await self._wakeup.wait(wait_s)
 
     def wake(self) -> None:
         """Wake the subscriber without an event (e.g. the service is shutting down)."""
@@ -102,7 +99,7 @@ class _Tail:
 
     @property
     def last_seq(self) -> int:
-        return self.items[-1].event.seq
+        return self.items[-1].seq
 
     @property
     def behind(self) -> bool:
@@ -126,9 +123,9 @@ class Hub:
         """The committed events of ``request_id`` after ``after``, if the tail has them all;
         None when the database must be read."""
         tail = self._tails.get(request_id)
-        if tail is None or tail.behind or tail.items[0].event.seq > after + 1:
+        if tail is None or tail.behind or tail.items[0].seq > after + 1:
             return None
-        return [item for item in tail.items if item.event.seq > after]
+        return [item for item in tail.items if item.seq > after]
 
     def register(self, request_id: str) -> Mailbox:
         """A new mailbox for ``request_id``; register it *before* reading the backlog."""
@@ -152,25 +149,37 @@ class Hub:
         another worker committed (``own=False``) extend a tail that exists here but never
         start one, so each stream has one tail on the machine, in the worker that took
         its POST, whichever worker runs it."""
-        tails = self._tails
         for event in events:
+            boxes = self._boxes.get(event.request_id)
+            keep = self._continues_tail(event, own)
+            if not (boxes or keep):
+                continue  # no one here sends it or keeps it: it is not even encoded
             item = Committed(event)
-            if own or (event.seq != 1 and event.request_id in tails):
-                self._keep(item)
-            for box in self._boxes.get(event.request_id, ()):
+            if keep:
+                self._keep(event.request_id, item)
+            for box in boxes or ():
                 box.put(item)
 
-    def _keep(self, item: Committed) -> None:
-        event, tails = item.event, self._tails
-        tail = tails.get(event.request_id)
+    def _continues_tail(self, event: StoredEvent, own: bool) -> bool:
+        """Whether ``event`` goes into a tail; a tail it does not continue is dropped."""
         if event.seq == 1:
-            tails[event.request_id] = _Tail(item, self._tail_events)
+            return own
+        tail = self._tails.get(event.request_id)
+        if tail is None:
+            return False
+        if tail.last_seq + 1 == event.seq and not event.terminal:
+            return True
+        del self._tails[event.request_id]  # a gap (another node appended), or the end
+        return False
+
+    def _keep(self, request_id: str, item: Committed) -> None:
+        tails = self._tails
+        if item.seq == 1:
+            tails[request_id] = _Tail(item, self._tail_events)
             if len(tails) > self._max_tails:
                 del tails[next(iter(tails))]
-        elif tail is not None and tail.last_seq + 1 == event.seq and not event.terminal:
-            tail.items.append(item)
-        elif tail is not None:
-            del tails[event.request_id]  # a gap (another node appended), or the end
+        else:
+            tails[request_id].items.append(item)
 
     def forget_tails(self) -> None:
         """Drop every tail (events may have gone missing on their way to this process)."""

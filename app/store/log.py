@@ -524,13 +524,13 @@ class Subscription:
             return await self._from_db()
         out: list[Committed] = []
         for item in self._box.take():
-            seq = item.event.seq
+            seq = item.seq
             if seq <= self.last_seq:
                 continue
             if seq != self.last_seq + 1:
                 return out + await self._from_db()
             out.append(self._advance(item))
-            if item.event.terminal:
+            if item.terminal:
                 break
         return out
 
@@ -555,9 +555,9 @@ class Subscription:
         return out
 
     def _advance(self, item: Committed) -> Committed:
-        self.last_seq = item.event.seq
-        self._box.high_seq = max(self._box.high_seq, item.event.seq)
-        if item.event.terminal:
+        self.last_seq = item.seq
+        self._box.high_seq = max(self._box.high_seq, item.seq)
+        if item.terminal:
             self.finished = True
         return item
 

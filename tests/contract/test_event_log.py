@@ -170,7 +170,7 @@ async def test_subscription_sends_backlog_then_live_each_once(log: EventLog) -> 
             log.append(rid, [ev.ResponseChunk(delta="x"), ev.Complete(content="x")])
         )
         while not sub.finished:
-            got.extend(c.event.seq for c in await sub.next(5.0))
+            got.extend(c.seq for c in await sub.next(5.0))
         await writer
     assert got == [2, 3, 4]
 
@@ -189,7 +189,7 @@ async def test_subscription_racing_the_writer_misses_nothing(log: EventLog) -> N
         seqs: list[int] = []
         with log.subscribe(rid, after=0) as sub:
             while not sub.finished:
-                seqs.extend(c.event.seq for c in await sub.next(5.0))
+                seqs.extend(c.seq for c in await sub.next(5.0))
         await producer
         assert seqs == list(range(1, 34))
 
@@ -207,9 +207,9 @@ async def test_a_lagging_subscriber_refills_from_the_log(
             for n in range(10):
                 await log.append(rid, [ev.ResponseChunk(delta=str(n))])
             await log.append(rid, [ev.Complete(content="")])
-            seqs = [c.event.seq for c in first]
+            seqs = [c.seq for c in first]
             while not sub.finished:
-                seqs.extend(c.event.seq for c in await sub.next(5.0))
+                seqs.extend(c.seq for c in await sub.next(5.0))
         assert seqs == list(range(1, 14))
     finally:
         await log.close()
@@ -230,14 +230,14 @@ async def test_a_subscriber_joining_mid_stream_gets_each_event_once(
         cached = log.hub.tail(rid, 3)
         assert (cached is None) == (tail_events == 2)
         with log.subscribe(rid, after=3) as sub:
-            seqs = [c.event.seq for c in await sub.next(5.0)]
+            seqs = [c.seq for c in await sub.next(5.0)]
             await log.append(rid, [ev.ResponseChunk(delta="late"), ev.Complete(content="")])
             while not sub.finished:
-                seqs.extend(c.event.seq for c in await sub.next(5.0))
+                seqs.extend(c.seq for c in await sub.next(5.0))
         assert seqs == [4, 5, 6, 7, 8, 9]
         assert log.hub.tail(rid, 0) is None, "the tail goes with the terminal event"
         with log.subscribe(rid, after=7) as sub:
-            assert [c.event.seq for c in await sub.next(5.0)] == [8, 9]
+            assert [c.seq for c in await sub.next(5.0)] == [8, 9]
     finally:
         await log.close()
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
-from app.domain.events import StoredEvent
+import pytest
+
+from app.domain.events import StoredEvent, envelope_json
 from app.store.hub import Hub
 
 AT = datetime(2026, 11, 21, tzinfo=UTC)
@@ -16,7 +19,7 @@ def event(rid: str, seq: int, type_: str = "response_chunk") -> StoredEvent:
 
 def seqs(items: object) -> list[int]:
     assert isinstance(items, list)
-    return [item.event.seq for item in items]
+    return [item.seq for item in items]
 
 
 def test_a_tail_starts_at_created_and_serves_any_resume_point() -> None:
@@ -96,3 +99,27 @@ def test_a_stream_created_here_and_run_elsewhere_has_one_tail() -> None:
     took_post.publish(running, own=False)
     assert seqs(took_post.tail("a", 0)) == [1, 2, 3, 4]
     assert runs_it.tail("a", 0) is None
+
+
+def test_what_a_subscriber_gets_is_the_client_json_and_not_the_decoded_event() -> None:
+    hub = Hub()
+    box = hub.register("a")
+    shipped = event("a", 1, "created")
+    hub.publish([shipped], own=False)
+    (item,) = box.take()
+    assert (item.seq, item.type, item.at, item.terminal) == (1, "created", AT, False)
+    assert item.envelope == envelope_json(shipped)
+    assert not hasattr(item, "event"), "the decoded event is not kept"
+    assert hub.tail("a", 0) is None, "delivered, but another worker's created starts no tail"
+
+
+@pytest.mark.anyio
+async def test_a_mailbox_wait_ends_empty_then_wakes_for_the_next_event() -> None:
+    hub = Hub()
+    box = hub.register("a")
+    assert await box.wait(0.0) is False
+    waiting = asyncio.create_task(box.wait(60.0))
+    await asyncio.sleep(0)  # let it start waiting
+    hub.publish([event("a", 1, "created")])
+    assert await waiting is True
+    assert seqs(box.take()) == [1]
