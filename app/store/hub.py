@@ -4,15 +4,15 @@ Subscribers get committed events straight from the writer (no per-subscriber dat
 read on the live path). A subscriber that falls behind by more than its buffer is marked
 lagged and refills from the database, so a slow client costs memory only up to a bound.
 
-The hub also keeps the tail of each stream this process is writing: its latest committed
-events, from ``created`` on, while it runs. With workers, only the worker that created a
-stream keeps its tail, extended with the events the others ship (at 1,000 streams, a
-tail of every stream in every worker was a fifth of a worker's memory,
-docs/benchmarks.md). A client connecting or resuming mid-stream
-gets its backlog from there instead of the database, as long as the tail still reaches
-back to what the client last saw. A tail is dropped at the terminal event, when it has a
-gap (another node appended), and, oldest first, past a cap on their number; while a
-NOTIFY has announced a seq the tail does not have yet, it serves no one.
+On PostgreSQL the hub also keeps the tail of each stream this process is writing: its
+latest committed events, from ``created`` on, while it runs. A client connecting or
+resuming mid-stream gets its backlog from there instead of the database, as long as the
+tail still reaches back to what the client last saw. A tail is dropped at the terminal
+event, when it has a gap (another node appended), and, oldest first, past a cap on their
+number; while a NOTIFY has announced a seq the tail does not have yet, it serves no one.
+On SQLite the log keeps no tails (``tails=0``): there a backlog page is read on the event
+loop in tens of microseconds, and a tail cost about 12 KB per running stream
+(docs/benchmarks.md, "Tails on SQLite, measured and dropped").
 """
 
 from __future__ import annotations
@@ -107,11 +107,16 @@ class _Tail:
         return self.announced > self.last_seq
 
 
+TAILS = 10_000
+"""How many streams' tails a hub keeps at most, by default: the oldest goes first."""
+
+
 class Hub:
-    """Routes committed events to the mailboxes registered for their request."""
+    """Routes committed events to the mailboxes registered for their request, and keeps
+    the tails of at most ``tails`` streams (none when 0)."""
 
     def __init__(
-        self, mailbox_limit: int = 4_096, *, tail_events: int = 128, tails: int = 10_000
+        self, mailbox_limit: int = 4_096, *, tail_events: int = 128, tails: int = TAILS
     ) -> None:
         self._boxes: defaultdict[str, set[Mailbox]] = defaultdict(set)
         self._limit = mailbox_limit
@@ -142,16 +147,11 @@ class Hub:
         if not boxes:
             del self._boxes[request_id]
 
-    def publish(self, events: Iterable[StoredEvent], *, own: bool = True) -> None:
-        """Deliver committed events to their request's subscribers, and keep their tails.
-
-        A tail starts only at a ``created`` this process committed (``own``): events
-        another worker committed (``own=False``) extend a tail that exists here but never
-        start one, so each stream has one tail on the machine, in the worker that took
-        its POST, whichever worker runs it."""
+    def publish(self, events: Iterable[StoredEvent]) -> None:
+        """Deliver committed events to their request's subscribers, and keep their tails."""
         for event in events:
             boxes = self._boxes.get(event.request_id)
-            keep = self._continues_tail(event, own)
+            keep = self._continues_tail(event)
             if not (boxes or keep):
                 continue  # no one here sends it or keeps it: it is not even encoded
             item = Committed(event)
@@ -160,10 +160,10 @@ class Hub:
             for box in boxes or ():
                 box.put(item)
 
-    def _continues_tail(self, event: StoredEvent, own: bool) -> bool:
+    def _continues_tail(self, event: StoredEvent) -> bool:
         """Whether ``event`` goes into a tail; a tail it does not continue is dropped."""
         if event.seq == 1:
-            return own
+            return self._max_tails > 0
         tail = self._tails.get(event.request_id)
         if tail is None:
             return False

@@ -40,7 +40,7 @@ from app.domain.events import (
 from app.domain.stats import Histogram
 from app.store import sqlite_sql
 from app.store.engine import Engines, EventRow, driver_of
-from app.store.hub import Committed, Hub
+from app.store.hub import TAILS, Committed, Hub
 from app.store.tables import events, requests, sqlite_datetime, sqlite_text
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,9 @@ class EventLog:
         # With worker processes on SQLite, the group commits run in the log writer
         # process (``store/writer.py``); otherwise on this process's database thread.
         self._remote = remote
-        self.hub = hub or Hub()
+        # Tails save a backlog read where it is a round trip to the database; SQLite's is
+        # a lookup on the event loop, cheaper than a tail's memory (``store/hub.py``).
+        self.hub = hub or Hub(tails=TAILS if engines.postgres else 0)
         self._batch_max = batch_max
         self._queue: asyncio.Queue[_Append | object] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -484,7 +486,8 @@ class Subscription:
     The mailbox is registered before the backlog is read, so an event committed while
     the backlog query runs is in one or both of them; duplicates are dropped by ``seq``,
     and any gap (a lagged mailbox) is filled from the database. The backlog comes from
-    the hub's tail of the stream when that reaches back far enough, else from the database.
+    the hub's tail of the stream (PostgreSQL only) when that reaches back far enough, else
+    from the database.
     """
 
     def __init__(self, log: EventLog, request_id: str, after: int) -> None:

@@ -5,10 +5,8 @@ while its streams are served by whichever worker accepted each client's connecti
 worker listens on a Unix socket in a directory the supervisor gives it, opens one
 connection to every other worker, and after each group commit sends the committed events
 down each of them (msgpack, length-prefixed). The receiving worker publishes them to its
-hub: subscribers get them without a database read. They extend the hub's tail of a
-stream this worker created but never start one, so a stream's latest events are held
-once on the machine rather than once per worker; a client that connects to another
-worker reads its backlog from the database (on SQLite, on the event loop).
+hub: subscribers get them without a database read. A client's backlog, on connecting,
+comes from the database (on SQLite, a page read on the event loop).
 
 The log stays the source of truth. One worker's events arrive in commit order; a
 subscriber that sees a gap (two workers appended to one request, or a link dropped)
@@ -151,7 +149,7 @@ class PeerLink:
 
     def _received(self, events: list[StoredEvent]) -> None:
         self.stats.received += len(events)
-        self._hub.publish(events, own=False)
+        self._hub.publish(events)
         if self._on_created is not None and any(e.seq == 1 for e in events):
             self._on_created()
 
@@ -165,8 +163,9 @@ class PeerLink:
 
     def _inbound_lost(self, transport: asyncio.BaseTransport) -> None:
         self._inbound.discard(transport)
-        # Shipments from that worker may be missing: the tails they extended could lack
-        # their last events, so they must not serve a backlog any more.
+        # Shipments from that worker may be missing: any tail they extended could lack its
+        # last events, so it must not serve a backlog any more (the log's hub on SQLite
+        # keeps none, but a hub given tails stays right).
         self._hub.forget_tails()
 
     def _outbound_lost(self, path: Path, transport: asyncio.BaseTransport) -> None:

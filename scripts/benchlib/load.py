@@ -73,6 +73,8 @@ class Recorder:
     resumes: int = 0
     resumes_nothing_missed: int = 0
     generations: int = 0
+    open_streams: int = 0
+    """SSE connections the service has answered 200 and not yet ended, right now."""
     received: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     owners: dict[str, str] = field(default_factory=dict)
     """The user who created each request."""
@@ -165,7 +167,7 @@ class Slot:
             if received:
                 headers.append(("Last-Event-ID", str(received[-1][0])))
             conn: Connection | None = None
-            ended = dropped = False
+            ended = dropped = is_open = False
             try:
                 conn = await Connection.open(self._plan.host, self._plan.port)
                 head = await conn.send("GET", f"/assistant/stream/{request_id}", headers)
@@ -173,6 +175,8 @@ class Slot:
                     if head.status != 204:
                         rec.errors[f"stream {head.status}"] += 1
                     return
+                is_open = True
+                rec.open_streams += 1
                 buffer = b""
                 first = True
                 async with contextlib.aclosing(conn.chunks(head)) as chunks:
@@ -205,6 +209,8 @@ class Slot:
                 rec.errors[f"stream {type(exc).__name__}"] += 1
                 failures += 1
             finally:
+                if is_open:
+                    rec.open_streams -= 1
                 if conn is not None:
                     conn.abort()
             if ended:
@@ -230,10 +236,14 @@ class Slot:
             rec.resumes_nothing_missed += 1
 
 
-async def run_load(plan: LoadPlan, started: float) -> tuple[Recorder, int]:
-    """Offer ``plan`` from ``started`` (wall clock); the recorder and the slots cut short."""
+def recorder(plan: LoadPlan, started: float) -> Recorder:
+    """A recorder for ``plan`` offered from ``started`` (wall clock)."""
     window_start = started + plan.warmup_s
-    rec = Recorder(window_start, window_start + plan.duration_s)
+    return Recorder(window_start, window_start + plan.duration_s)
+
+
+async def run_load(plan: LoadPlan, started: float, rec: Recorder) -> int:
+    """Offer ``plan`` from ``started`` (wall clock) into ``rec``; the slots cut short."""
     master = random.Random(plan.seed)
     ramp = min(plan.ramp_s, plan.warmup_s)
     slots = [
@@ -252,7 +262,7 @@ async def run_load(plan: LoadPlan, started: float) -> tuple[Recorder, int]:
     for task in done:
         if (exc := task.exception()) is not None:
             rec.errors[f"slot {type(exc).__name__}: {exc}"] += 1
-    return rec, len(pending)
+    return len(pending)
 
 
 async def calibrate(host: str, port: int, mode: str) -> dict[str, Trace]:

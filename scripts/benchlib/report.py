@@ -213,6 +213,10 @@ def level_table(service: TargetResult, relay: TargetResult | None) -> list[str]:
             *both(lambda t: f"{t.rss_idle_kib / 1024:.1f} -> {t.rss_load_kib / 1024:.1f}"),
         ),
         _row(
+            "streams open, median of the samples (of the streams offered)",
+            *both(lambda t: f"{t.open_or_nominal:.0f} (of {t.streams})"),
+        ),
+        _row(
             "server memory per open stream (KB)",
             *both(lambda t: format_number(t.kib_per_stream * 1.024)),
         ),
@@ -344,9 +348,9 @@ def hotspot_lines(result: TargetResult) -> list[str]:
 
 def marginal_kib(low: TargetResult, high: TargetResult) -> float:
     """Memory each additional open stream costs: RSS growth between two levels per stream."""
-    if high.streams == low.streams:
+    if high.open_or_nominal == low.open_or_nominal:
         return math.nan
-    return (high.rss_load_kib - low.rss_load_kib) / (high.streams - low.streams)
+    return (high.rss_load_kib - low.rss_load_kib) / (high.open_or_nominal - low.open_or_nominal)
 
 
 def marginal_memory_lines(
@@ -358,7 +362,7 @@ def marginal_memory_lines(
     lines = [
         "Memory per additional open stream, from RSS under load at consecutive levels "
         "(this leaves out one-time growth such as caches and pools, which the per-level "
-        "figure, (RSS under load - idle) / streams, includes):",
+        "figure, (RSS under load - idle) / streams open, includes):",
         "",
         "| between | service (KB) | relay (KB) |",
         "|---|---|---|",

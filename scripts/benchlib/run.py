@@ -30,6 +30,7 @@ from scripts.benchlib.load import (
     Recorder,
     calibrate,
     loop_lag,
+    recorder,
     run_load,
 )
 from scripts.benchlib.processes import (
@@ -100,6 +101,8 @@ class TargetResult:
     rss_idle_kib: float = math.nan
     rss_load_kib: float = math.nan
     rss_peak_kib: float = math.nan
+    open_streams: float = math.nan
+    """SSE streams open at once, the median of the samples taken with the RSS."""
     idle_cpu: float = math.nan
     """Server CPU (cores) after the warm-up, before the load."""
     server_cpu: float = math.nan
@@ -136,14 +139,23 @@ class TargetResult:
         return cores / self.events_per_s * 1e6 if self.events_per_s > 0 else math.nan
 
     @property
+    def open_or_nominal(self) -> float:
+        """Streams open at once as sampled, or the nominal number if none was sampled."""
+        return self.open_streams if self.open_streams > 0 else self.streams
+
+    @property
     def kib_per_stream(self) -> float:
-        """Server memory per open stream: (RSS under load - idle RSS) / streams."""
-        return (self.rss_load_kib - self.rss_idle_kib) / self.streams
+        """Server memory per open stream: (RSS under load - idle RSS) / streams open.
+
+        Divided by the streams sampled open, not the nominal number: a machine that admits
+        fewer generations than offered holds fewer streams open."""
+        return (self.rss_load_kib - self.rss_idle_kib) / self.open_or_nominal
 
 
 @dataclass(slots=True)
 class _Samples:
     rss: list[int] = field(default_factory=list)
+    open_streams: list[int] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
     server_cpu: float = math.nan
     server_sys: float = math.nan
@@ -191,9 +203,15 @@ async def _sleep_until(t: float) -> None:
 
 
 async def _monitor(
-    pid: int, port: int, start: float, end: float, out: _Samples, workers: int = 1
+    pid: int,
+    port: int,
+    rec: Recorder,
+    out: _Samples,
+    workers: int = 1,
 ) -> None:
-    """CPU of server, client and machine over the window; RSS sampled through it."""
+    """CPU of server, client and machine over the window; RSS and the streams open
+    sampled through it."""
+    start, end = rec.window_start, rec.window_end
     await _sleep_until(start)
     me = os.getpid()
     server0, client0 = procstat.tree_cpu_times(pid), procstat.cpu_times(me)
@@ -203,6 +221,7 @@ async def _monitor(
     lag = asyncio.create_task(loop_lag(end, out.lags))
     while time.time() < end:
         out.rss.append(procstat.tree_rss_kib(pid))
+        out.open_streams.append(rec.open_streams)
         await asyncio.sleep(min(RSS_PERIOD_S, max(0.0, end - time.time())))
     span = time.time() - start
     server1 = procstat.tree_cpu_times(pid)
@@ -293,6 +312,8 @@ def _fill(result: TargetResult, rec: Recorder, samples: _Samples, rss_idle: floa
     result.rss_idle_kib = rss_idle
     result.rss_load_kib = statistics.median(samples.rss) if samples.rss else math.nan
     result.rss_peak_kib = max(samples.rss, default=math.nan)
+    if samples.open_streams:
+        result.open_streams = statistics.median(samples.open_streams)
     result.server_cpu = samples.server_cpu
     result.server_sys = samples.server_sys
     result.server_loop = samples.server_loop
@@ -418,17 +439,9 @@ async def run_target(
         started = time.time() + 0.2
         window_start = started + level.warmup_s
         samples = _Samples()
-        monitor: asyncio.Task[None] = asyncio.create_task(
-            _monitor(
-                child.pid,
-                port,
-                window_start,
-                window_start + level.duration_s,
-                samples,
-                level.workers,
-            )
-        )
-        load = asyncio.create_task(run_load(plan, started))
+        rec = recorder(plan, started)
+        monitor = asyncio.create_task(_monitor(child.pid, port, rec, samples, level.workers))
+        load = asyncio.create_task(run_load(plan, started, rec))
         tasks += [monitor, load]
         profile_out = workdir / "py-spy.txt"
         if level.profile and target == "service":
@@ -436,7 +449,7 @@ async def run_target(
             profiler = start_profiler(
                 child.pid, level.duration_s, profile_out, subprocesses=level.workers > 1
             )
-        rec, result.unfinished_slots = await load
+        result.unfinished_slots = await load
         await monitor
         _fill(result, rec, samples, rss_idle)
         if profiler is not None:

@@ -242,6 +242,28 @@ async def test_a_subscriber_joining_mid_stream_gets_each_event_once(
         await log.close()
 
 
+async def test_the_log_keeps_tails_only_where_a_backlog_read_is_a_round_trip(
+    engines: Engines, remote: RemoteWriter | None
+) -> None:
+    # On SQLite a stream's backlog is a lookup on the event loop, cheaper than holding a
+    # tail; on PostgreSQL it is a round trip to the server, which the tail saves.
+    log = EventLog(engines, remote=remote)
+    await log.start()
+    try:
+        rid = await create(log)
+        await log.append(rid, [ev.ResponseChunk(delta="a"), ev.ResponseChunk(delta="b")])
+        cached = log.hub.tail(rid, 2)
+        assert (cached is not None) == engines.postgres
+        with log.subscribe(rid, after=2) as sub:
+            seqs = [c.seq for c in await sub.next(5.0)]
+            await log.append(rid, [ev.Complete(content="ab")])
+            while not sub.finished:
+                seqs.extend(c.seq for c in await sub.next(5.0))
+        assert seqs == [3, 4, 5]
+    finally:
+        await log.close()
+
+
 async def test_stored_old_payload_versions_are_upcast_on_read(engines: Engines) -> None:
     registry = UpcasterRegistry({**ev.CURRENT_VERSION, "stage": 2})
 

@@ -421,6 +421,17 @@ def test_marginal_memory_is_the_slope_between_levels() -> None:
     assert "| 100 and 300 streams | 102.4 | n/a |" in lines
 
 
+def test_memory_per_stream_divides_by_the_streams_sampled_open() -> None:
+    """A starved machine holds fewer streams open than offered; dividing by the offered
+    number would read low."""
+    result = _result("service", 1, 1, idle=1_000.0, load=5_000.0)
+    assert result.kib_per_stream == 40.0  # nothing sampled: the 100 streams offered
+    result.open_streams = 50
+    assert result.kib_per_stream == 80.0
+    rows = report.level_section(result, None)
+    assert any(row.startswith("| streams open, median") and "50 (of 100)" in row for row in rows)
+
+
 def test_each_slot_is_a_user_the_service_recognises() -> None:
     """The bench's tokens are what the service reads: the slot's user, admin for metrics."""
     name, value = users.bearer(users.user_of(3))
