@@ -30,8 +30,8 @@ class Committed:
     ``request_id``, ``seq``, ``type``, ``at`` and the payload), encoded once for all of
     them, and the few fields they look at.
 
-    It keeps no reference to the decoded event, whose payload the JSON repeats: the tails
-    hold thousands of these (docs/benchmarks.md, "Lighter per-stream objects").
+    It keeps no reference to the decoded event, whose payload the JSON repeats: tails (on
+    PostgreSQL) hold thousands of these (docs/benchmarks.md, "Lighter per-stream objects").
     """
 
     __slots__ = ("at", "envelope", "seq", "terminal", "type")
@@ -180,10 +180,6 @@ class Hub:
                 del tails[next(iter(tails))]
         else:
             tails[request_id].items.append(item)
-
-    def forget_tails(self) -> None:
-        """Drop every tail (events may have gone missing on their way to this process)."""
-        self._tails.clear()
 
     def poke(self, request_id: str, seq: int) -> None:
         """A commit reached ``seq`` on ``request_id`` (a NOTIFY from PostgreSQL: another

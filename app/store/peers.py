@@ -163,10 +163,6 @@ class PeerLink:
 
     def _inbound_lost(self, transport: asyncio.BaseTransport) -> None:
         self._inbound.discard(transport)
-        # Shipments from that worker may be missing: any tail they extended could lack its
-        # last events, so it must not serve a backlog any more (the log's hub on SQLite
-        # keeps none, but a hub given tails stays right).
-        self._hub.forget_tails()
 
     def _outbound_lost(self, path: Path, transport: asyncio.BaseTransport) -> None:
         if self._outbound.get(path) is transport:

@@ -9,8 +9,19 @@ from pathlib import Path
 import pytest
 
 from app.api.auth import Principal, read_token
-from scripts.benchlib import hotspots, procstat, report, sse, stats, template, users, verify
+from scripts.benchlib import (
+    hotspots,
+    procstat,
+    report,
+    run,
+    sse,
+    stats,
+    template,
+    users,
+    verify,
+)
 from scripts.benchlib.httpclient import ProtocolError, parse_head, request_bytes
+from scripts.benchlib.load import Recorder
 from scripts.benchlib.run import TargetResult
 from scripts.benchlib.stats import Summary
 
@@ -430,6 +441,18 @@ def test_memory_per_stream_divides_by_the_streams_sampled_open() -> None:
     assert result.kib_per_stream == 80.0
     rows = report.level_section(result, None)
     assert any(row.startswith("| streams open, median") and "50 (of 100)" in row for row in rows)
+
+
+def test_the_streams_open_are_the_median_of_the_samples_taken_with_the_rss() -> None:
+    result = _result("service", 1, 1)
+    samples = run._Samples(rss=[4_000, 5_000, 6_000], open_streams=[40, 50, 90])
+    run._fill(result, Recorder(0.0, 1.0), samples, rss_idle=1_000.0)
+    assert (result.rss_load_kib, result.open_streams) == (5_000, 50)
+    assert result.kib_per_stream == 80.0
+    low, high = _result("service", 1, 1, load=10_000.0), _result("service", 1, 1)
+    high.rss_load_kib, high.streams = 30_000.0, 300
+    low.open_streams, high.open_streams = 50, 250
+    assert report.marginal_kib(low, high) == 100.0, "the slope between the streams open"
 
 
 def test_each_slot_is_a_user_the_service_recognises() -> None:
