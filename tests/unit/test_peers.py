@@ -66,6 +66,19 @@ async def test_one_workers_commits_reach_the_others_subscribers_in_order(
     assert a.stats.sent == 4
 
 
+async def test_a_lost_link_costs_its_connection_and_keeps_what_was_delivered(
+    pair: tuple[PeerLink, PeerLink, Hub, list[int]],
+) -> None:
+    a, b, hub_b, _ = pair
+    box = hub_b.register("r1")
+    a.send([event(1, "created")])
+    await until(lambda: b.stats.received == 1)
+    await a.close()
+    await until(lambda: b.peers == 0)
+    b.send([event(2)])  # nobody to send to: dropped, not buffered
+    assert [item.seq for item in box.take()] == [1]
+
+
 async def test_a_worker_that_stops_reading_is_disconnected(tmp_path: Path) -> None:
     stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stuck.bind(str(tmp_path / "stuck.sock"))
