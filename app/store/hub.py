@@ -151,35 +151,33 @@ class Hub:
         """Deliver committed events to their request's subscribers, and keep their tails."""
         for event in events:
             boxes = self._boxes.get(event.request_id)
-            keep = self._continues_tail(event)
-            if not (boxes or keep):
+            tail = self._continued_tail(event)
+            starts = event.seq == 1 and self._max_tails > 0
+            if not (boxes or tail or starts):
                 continue  # no one here sends it or keeps it: it is not even encoded
             item = Committed(event)
-            if keep:
-                self._keep(event.request_id, item)
+            if tail is not None:
+                tail.items.append(item)
+            elif starts:
+                self._start_tail(event.request_id, item)
             for box in boxes or ():
                 box.put(item)
 
-    def _continues_tail(self, event: StoredEvent) -> bool:
-        """Whether ``event`` goes into a tail; a tail it does not continue is dropped."""
-        if event.seq == 1:
-            return self._max_tails > 0
-        tail = self._tails.get(event.request_id)
+    def _continued_tail(self, event: StoredEvent) -> _Tail | None:
+        """The tail ``event`` continues, if any; a tail it does not continue is dropped."""
+        tail = self._tails.get(event.request_id) if event.seq > 1 else None
         if tail is None:
-            return False
+            return None
         if tail.last_seq + 1 == event.seq and not event.terminal:
-            return True
+            return tail
         del self._tails[event.request_id]  # a gap (another node appended), or the end
-        return False
+        return None
 
-    def _keep(self, request_id: str, item: Committed) -> None:
+    def _start_tail(self, request_id: str, item: Committed) -> None:
         tails = self._tails
-        if item.seq == 1:
-            tails[request_id] = _Tail(item, self._tail_events)
-            if len(tails) > self._max_tails:
-                del tails[next(iter(tails))]
-        else:
-            tails[request_id].items.append(item)
+        tails[request_id] = _Tail(item, self._tail_events)
+        if len(tails) > self._max_tails:
+            del tails[next(iter(tails))]
 
     def poke(self, request_id: str, seq: int) -> None:
         """A commit reached ``seq`` on ``request_id`` (a NOTIFY from PostgreSQL: another
