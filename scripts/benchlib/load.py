@@ -1,7 +1,11 @@
 """The load generator: N slots, each creating a generation and following its SSE stream.
 
 A slot loops until the measurement window ends: ``POST /assistant/request``, then
-``GET /assistant/stream/{id}`` until the terminal event, then the next generation. A
+``GET /assistant/stream/{id}`` until the terminal event, then the next generation. Like
+a browser (or any client with a connection pool), a slot sends each request on its idle
+keep-alive connection while that is fresh, so the stream usually goes out on the
+connection its POST was answered on, and the next POST on the one the stream ended on:
+one connection per user, not a second one idling beside each stream. A
 fraction of generations drop their stream at a random event and resume after a short gap
 with ``Last-Event-ID``. After the window, slots finish the stream they are on (the drain)
 so that every request can be verified whole; events after the window are not counted.
@@ -31,7 +35,7 @@ PROMPTS = (
 )
 OUTPUT_TYPES = frozenset({"response_chunk", "content_block_start", "content_block_delta"})
 NETWORK_ERRORS = (OSError, asyncio.IncompleteReadError, ProtocolError)
-POST_KEEPALIVE_S = 4.0  # uvicorn closes idle keep-alive connections after 5 s
+KEEPALIVE_S = 4.0  # uvicorn closes idle keep-alive connections after 5 s
 MAX_STREAM_RETRIES = 5
 
 Trace = list[tuple[float, str, bytes]]
@@ -93,8 +97,8 @@ class Slot:
         self._rng = rng
         self._user = user
         self._auth = users.bearer(user)
-        self._post_conn: Connection | None = None
-        self._post_used = 0.0
+        self._idle: Connection | None = None
+        self._idle_since = 0.0
 
     async def run(self, start_delay: float) -> None:
         """Generations back to back until the window ends."""
@@ -110,8 +114,29 @@ class Slot:
                 drop = rng.randint(3, 15) if rng.random() < self._plan.disconnect_fraction else 0
                 await self.follow(request_id, posted, drop)
         finally:
-            if self._post_conn is not None:
-                self._post_conn.abort()
+            self.drop_idle()
+
+    async def _connection(self) -> Connection:
+        """The slot's idle keep-alive connection while it is fresh, else a new one."""
+        conn, self._idle = self._idle, None
+        if conn is not None and time.perf_counter() - self._idle_since <= KEEPALIVE_S:
+            return conn
+        if conn is not None:
+            conn.abort()
+        return await Connection.open(self._plan.host, self._plan.port)
+
+    def _release(self, conn: Connection) -> None:
+        """Keep ``conn`` for the next request if its response ended cleanly."""
+        if conn.reusable:
+            self._idle, self._idle_since = conn, time.perf_counter()
+        else:
+            conn.abort()
+
+    def drop_idle(self) -> None:
+        """Close the idle connection, if any."""
+        if self._idle is not None:
+            self._idle.abort()
+            self._idle = None
 
     async def create(self, prompt: str) -> str | None:
         """``POST /assistant/request``; the request ID, or None (after a pause) on failure."""
@@ -119,12 +144,9 @@ class Slot:
         body = msgspec.json.encode({"prompt": prompt, "mode": self._plan.mode})
         sent = time.time()
         started = time.perf_counter()
+        conn: Connection | None = None
         try:
-            conn = self._post_conn
-            if conn is None or not conn.reusable or started - self._post_used > POST_KEEPALIVE_S:
-                if conn is not None:
-                    conn.abort()
-                conn = self._post_conn = await Connection.open(self._plan.host, self._plan.port)
+            conn = await self._connection()
             head, data = await conn.request(
                 "POST",
                 "/assistant/request",
@@ -133,17 +155,17 @@ class Slot:
             )
         except NETWORK_ERRORS as exc:
             rec.errors[f"POST {type(exc).__name__}"] += 1
-            if self._post_conn is not None:
-                self._post_conn.abort()
-            self._post_conn = None
+            if conn is not None:
+                conn.abort()
             await asyncio.sleep(0.2)
             return None
-        self._post_used = time.perf_counter()
+        answered = time.perf_counter()
+        self._release(conn)
         if rec.in_window(sent):
-            rec.post_ms.append((self._post_used - started) * 1000)
+            rec.post_ms.append((answered - started) * 1000)
             rec.post_statuses[head.status] += 1
             if head.status in (200, 201):
-                rec.admitted_post_ms.append((self._post_used - started) * 1000)
+                rec.admitted_post_ms.append((answered - started) * 1000)
         if head.status in (200, 201):
             request_id: str = msgspec.json.decode(data)["request_id"]
             rec.owners[request_id] = self._user
@@ -169,11 +191,14 @@ class Slot:
             conn: Connection | None = None
             ended = dropped = is_open = False
             try:
-                conn = await Connection.open(self._plan.host, self._plan.port)
+                conn = await self._connection()
                 head = await conn.send("GET", f"/assistant/stream/{request_id}", headers)
                 if head.status != 200:
                     if head.status != 204:
                         rec.errors[f"stream {head.status}"] += 1
+                    await conn.body(head)
+                    self._release(conn)
+                    conn = None
                     return
                 is_open = True
                 rec.open_streams += 1
@@ -205,6 +230,9 @@ class Slot:
                         if drop_after and not ended and len(received) >= drop_after:
                             dropped = True
                             break
+                if ended:
+                    self._release(conn)  # its body was read to the end
+                    conn = None
             except NETWORK_ERRORS as exc:
                 rec.errors[f"stream {type(exc).__name__}"] += 1
                 failures += 1
@@ -274,8 +302,7 @@ async def calibrate(host: str, port: int, mode: str) -> dict[str, Trace]:
         slot = Slot(plan, rec, random.Random(0), f"calibration-{PROMPTS.index(prompt)}")
         posted = time.time()
         request_id = await slot.create(prompt)
-        if slot._post_conn is not None:
-            slot._post_conn.abort()
+        slot.drop_idle()
         if request_id is None:
             raise RuntimeError(f"calibration request refused: {dict(rec.errors)}")
         await slot.follow(request_id, posted, 0)
