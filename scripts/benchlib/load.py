@@ -119,15 +119,17 @@ class Slot:
     async def _connection(self) -> Connection:
         """The slot's idle keep-alive connection while it is fresh, else a new one."""
         conn, self._idle = self._idle, None
-        if conn is not None and time.perf_counter() - self._idle_since <= KEEPALIVE_S:
-            return conn
         if conn is not None:
+            if time.perf_counter() - self._idle_since <= KEEPALIVE_S:
+                return conn
             conn.abort()
         return await Connection.open(self._plan.host, self._plan.port)
 
-    def _release(self, conn: Connection) -> None:
-        """Keep ``conn`` for the next request if its response ended cleanly."""
-        if conn.reusable:
+    def _release(self, conn: Connection, clean: bool) -> None:
+        """Keep ``conn`` for the next request if its response was read to the end
+        (``clean``), else close it."""
+        if clean and conn.reusable:
+            self.drop_idle()
             self._idle, self._idle_since = conn, time.perf_counter()
         else:
             conn.abort()
@@ -145,6 +147,7 @@ class Slot:
         sent = time.time()
         started = time.perf_counter()
         conn: Connection | None = None
+        answered = False
         try:
             conn = await self._connection()
             head, data = await conn.request(
@@ -153,19 +156,21 @@ class Slot:
                 [("Content-Type", "application/json"), self._auth],
                 body,
             )
+            answered = True
         except NETWORK_ERRORS as exc:
             rec.errors[f"POST {type(exc).__name__}"] += 1
+        finally:
             if conn is not None:
-                conn.abort()
+                self._release(conn, answered)
+        if not answered:
             await asyncio.sleep(0.2)
             return None
-        answered = time.perf_counter()
-        self._release(conn)
+        post_ms = (time.perf_counter() - started) * 1000
         if rec.in_window(sent):
-            rec.post_ms.append((answered - started) * 1000)
+            rec.post_ms.append(post_ms)
             rec.post_statuses[head.status] += 1
             if head.status in (200, 201):
-                rec.admitted_post_ms.append((answered - started) * 1000)
+                rec.admitted_post_ms.append(post_ms)
         if head.status in (200, 201):
             request_id: str = msgspec.json.decode(data)["request_id"]
             rec.owners[request_id] = self._user
@@ -189,7 +194,7 @@ class Slot:
             if received:
                 headers.append(("Last-Event-ID", str(received[-1][0])))
             conn: Connection | None = None
-            ended = dropped = is_open = False
+            ended = dropped = is_open = clean = False
             try:
                 conn = await self._connection()
                 head = await conn.send("GET", f"/assistant/stream/{request_id}", headers)
@@ -197,8 +202,7 @@ class Slot:
                     if head.status != 204:
                         rec.errors[f"stream {head.status}"] += 1
                     await conn.body(head)
-                    self._release(conn)
-                    conn = None
+                    clean = True
                     return
                 is_open = True
                 rec.open_streams += 1
@@ -230,9 +234,7 @@ class Slot:
                         if drop_after and not ended and len(received) >= drop_after:
                             dropped = True
                             break
-                if ended:
-                    self._release(conn)  # its body was read to the end
-                    conn = None
+                clean = not dropped  # the body was read to its end
             except NETWORK_ERRORS as exc:
                 rec.errors[f"stream {type(exc).__name__}"] += 1
                 failures += 1
@@ -240,7 +242,7 @@ class Slot:
                 if is_open:
                     rec.open_streams -= 1
                 if conn is not None:
-                    conn.abort()
+                    self._release(conn, clean)
             if ended:
                 return
             if dropped:
@@ -301,11 +303,13 @@ async def calibrate(host: str, port: int, mode: str) -> dict[str, Trace]:
     async def one(prompt: str) -> tuple[str, Trace]:
         slot = Slot(plan, rec, random.Random(0), f"calibration-{PROMPTS.index(prompt)}")
         posted = time.time()
-        request_id = await slot.create(prompt)
-        slot.drop_idle()
-        if request_id is None:
-            raise RuntimeError(f"calibration request refused: {dict(rec.errors)}")
-        await slot.follow(request_id, posted, 0)
+        try:
+            request_id = await slot.create(prompt)
+            if request_id is None:
+                raise RuntimeError(f"calibration request refused: {dict(rec.errors)}")
+            await slot.follow(request_id, posted, 0)
+        finally:
+            slot.drop_idle()  # no next request comes
         assert rec.traces is not None
         return prompt, rec.traces[request_id]
 

@@ -1,5 +1,6 @@
-"""The benchmark's load generator against a loopback HTTP server standing in for the
-service: a slot holds one connection, as a browser's pool would, and every event arrives.
+"""The benchmark's load generator against a loopback HTTP server (in this process)
+standing in for the service: a slot holds one connection, as a browser's pool would, and
+every event arrives.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ TYPES = ("created", "response_chunk", "response_chunk", "complete")
 
 
 class FakeService:
-    """Answers ``POST /assistant/request`` with 201 and a stream with four chunked events;
-    counts the connections it accepted and the requests on each."""
+    """Answers ``POST /assistant/request`` with 201, a stream with four chunked events
+    (404 for ``gone``); counts the connections it accepted and the requests on each."""
 
     def __init__(self) -> None:
         self.requests_per_connection: list[int] = []
@@ -39,6 +40,12 @@ class FakeService:
                     body = msgspec.json.encode({"request_id": f"r{self.created}"})
                     writer.write(
                         b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+                elif lines[0].startswith("GET /assistant/stream/gone"):
+                    body = b'{"status":404,"code":"not_found"}'
+                    writer.write(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Type: application/problem+json\r\n"
                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
                     )
                 else:
@@ -113,3 +120,17 @@ async def test_a_dropped_stream_resumes_on_a_new_connection_and_misses_nothing()
     assert rec.received["r1"] == list(enumerate(TYPES, 1))
     assert rec.resumes == 1
     assert not rec.errors
+
+
+@pytest.mark.anyio
+async def test_a_refused_stream_leaves_its_connection_ready_for_the_next_request() -> None:
+    async with fake_service() as (service, port):
+        slot, rec = _slot(port)
+        await slot.follow("gone", 0.0, 0)
+        request_id = await slot.create("a bakery in lyon")
+        assert request_id is not None
+        await slot.follow(request_id, 0.0, 0)
+        slot.drop_idle()
+    assert service.requests_per_connection == [3]
+    assert rec.errors == {"stream 404": 1}
+    assert rec.received[request_id] == list(enumerate(TYPES, 1))
