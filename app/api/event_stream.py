@@ -7,9 +7,9 @@ that handles the task's end, and the error's traceback holds that frame: a refer
 cycle, through the stream's frames, that keeps the whole dropped connection (uvicorn's
 transport and request cycle, Litestar's request and response, the stream's subscription)
 until the cycle collector runs, which under load with the service's thresholds can be
-minutes. Here the body and the watch for the disconnect are two asyncio tasks, and
-whichever ends first cancels the other; nothing keeps a cancelled task's error but the
-task, so a dropped connection is freed as soon as its handler returns.
+minutes. Here the body runs in the request's own task and a plain asyncio task watches
+for the disconnect, cancelling the body when it comes; no cancelled task's error is kept
+in a frame, so a dropped connection is freed as soon as its handler returns.
 """
 
 from __future__ import annotations
@@ -34,31 +34,55 @@ class EventStream(Stream):
 
 
 class EventStreamBody(ASGIStreamingResponse):
-    """Streams the body until it ends or the client disconnects, with no task group."""
+    """Streams the body until it ends or the client disconnects, with no task group.
+
+    The body runs in the server's task for the request, and one more task waits for the
+    disconnect and cancels it: a task, its context and an ``asyncio.wait`` less per open
+    stream than running the body in a task of its own (docs/benchmarks.md, "One task
+    less per stream").
+    """
 
     __slots__ = ()
 
     async def send_body(self, send: Send, receive: Receive) -> None:
-        loop = asyncio.get_running_loop()  # (the service runs on asyncio: uvloop)
-        tasks = (loop.create_task(self._stream(send)), loop.create_task(_disconnected(receive)))
+        handler = asyncio.current_task()
+        assert handler is not None  # (the service runs on asyncio: uvloop)
+        interrupt = _Interrupt(handler)
+        watch = asyncio.get_running_loop().create_task(_disconnected(receive))
+        watch.add_done_callback(interrupt)
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self._stream(send)
+        except asyncio.CancelledError:
+            # The body stops where it waits. Only a cancel of the interrupt's own is
+            # taken back; the server's (shutdown) goes on. (The body must not swallow a
+            # CancelledError, or the interrupt's would land in the server's code.)
+            if interrupt.armed or handler.uncancel() > 0:
+                raise
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks)
-            # Every error is retrieved, also while this task is being cancelled; the body's
-            # is raised first. (Cancelled once, unlike anyio's repeated cancel: the body must
-            # not swallow a CancelledError, or this waits for it to end by itself.)
-            errors = [task.exception() for task in tasks if not task.cancelled()]
-            del tasks
-        error = next((e for e in errors if e is not None), None)
-        del errors
-        if error is not None:
+            interrupt.armed = False
+            watch.remove_done_callback(interrupt)
+            watch.cancel()
+        if watch.done() and not watch.cancelled() and (error := watch.exception()) is not None:
             try:
-                raise error
+                raise error  # receive() failed: the server hears of it, as from the body
             finally:
                 del error  # the traceback holds this frame: no cycle through it
+
+
+class _Interrupt:
+    """The disconnect watch's done callback: cancels the request's task while its body is
+    being sent (``armed``), once."""
+
+    __slots__ = ("armed", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.armed = True
+
+    def __call__(self, _watch: asyncio.Task[None]) -> None:
+        if self.armed:
+            self.armed = False
+            self.task.cancel()
 
 
 async def _disconnected(receive: Receive) -> None:

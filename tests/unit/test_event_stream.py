@@ -138,11 +138,46 @@ async def test_the_server_cancelling_the_response_cancels_the_stream_and_leaves_
         if getattr(task.get_coro(), "__qualname__", "")
         in {"ASGIStreamingResponse._stream", "_disconnected"}
     }
-    assert len(children) == 2 and not any(task.done() for task in children)
+    # The body runs in the request's task; only the watch for the disconnect is a task.
+    assert [task.get_coro().__qualname__ for task in children] == ["_disconnected"]
+    assert not any(task.done() for task in children)
     sending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await sending
     assert all(task.cancelled() for task in children)
+    assert len(client.sent) == 1  # nothing more after the cancel: no end of the body
+
+
+async def test_a_disconnect_and_a_server_cancel_together_still_cancel_the_request() -> None:
+    # The disconnect's interrupt is taken back; the server's cancel is not.
+    client = Client()
+    kept: list[weakref.ref[Connection]] = []
+    response = EventStreamBody(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
+    sending = asyncio.create_task(response.send_body(client.send, client.receive))
+    await client.got_some.wait()
+    client.gone.set()
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+
+
+async def test_a_dropped_stream_ends_the_body_and_the_request_task_goes_on() -> None:
+    # The request's task is the server's: after a disconnect it carries on, uncancelled.
+    client = Client()
+    kept: list[weakref.ref[Connection]] = []
+    response = EventStreamBody(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
+
+    async def handler() -> str:
+        await response.send_body(client.send, client.receive)
+        await asyncio.sleep(0)  # a cancel left pending would land here
+        task = asyncio.current_task()
+        assert task is not None
+        return f"after the body, cancelling={task.cancelling()}"
+
+    sending = asyncio.create_task(handler())
+    await client.got_some.wait()
+    client.gone.set()
+    assert await asyncio.wait_for(sending, 10) == "after the body, cancelling=0"
 
 
 async def test_a_failing_receive_is_raised_to_the_server() -> None:
