@@ -36,10 +36,8 @@ class EventStream(Stream):
 class EventStreamBody(ASGIStreamingResponse):
     """Streams the body until it ends or the client disconnects, with no task group.
 
-    The body runs in the server's task for the request, and one more task waits for the
-    disconnect and cancels it: a task, its context and an ``asyncio.wait`` less per open
-    stream than running the body in a task of its own (docs/benchmarks.md, "One task
-    less per stream").
+    The body runs in the server's task for the request; one more task waits for the
+    disconnect and cancels it (docs/benchmarks.md, "One task less per stream").
     """
 
     __slots__ = ()
@@ -47,41 +45,49 @@ class EventStreamBody(ASGIStreamingResponse):
     async def send_body(self, send: Send, receive: Receive) -> None:
         handler = asyncio.current_task()
         assert handler is not None  # (the service runs on asyncio: uvloop)
+        cancels = handler.cancelling()
         interrupt = _Interrupt(handler)
         watch = asyncio.get_running_loop().create_task(_disconnected(receive))
         watch.add_done_callback(interrupt)
         try:
             await self._stream(send)
         except asyncio.CancelledError:
-            # The body stops where it waits. Only a cancel of the interrupt's own is
-            # taken back; the server's (shutdown) goes on. (The body must not swallow a
-            # CancelledError, or the interrupt's would land in the server's code.)
-            if interrupt.armed or handler.uncancel() > 0:
+            # Only the interrupt's cancel is taken back; the server's (shutdown) goes on.
+            if not interrupt.fired or handler.uncancel() > cancels:
                 raise
+        else:
+            if interrupt.fired:  # the body swallowed the interrupt's cancel
+                handler.uncancel()
         finally:
             interrupt.armed = False
-            watch.remove_done_callback(interrupt)
             watch.cancel()
-        if watch.done() and not watch.cancelled() and (error := watch.exception()) is not None:
+            # Every error is retrieved; a failed receive() is raised once the body stops.
+            error = None if not watch.done() or watch.cancelled() else watch.exception()
+            # An error raised from here holds this frame in its traceback, and a task may
+            # keep its error: no local may lead back to a task.
+            del watch, interrupt, handler
+        if error is not None:
             try:
-                raise error  # receive() failed: the server hears of it, as from the body
+                raise error
             finally:
                 del error  # the traceback holds this frame: no cycle through it
 
 
 class _Interrupt:
-    """The disconnect watch's done callback: cancels the request's task while its body is
-    being sent (``armed``), once."""
+    """The disconnect watch's done callback: while the body is being sent (``armed``),
+    cancels the request's task, once (``fired``)."""
 
-    __slots__ = ("armed", "task")
+    __slots__ = ("armed", "fired", "task")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
         self.armed = True
+        self.fired = False
 
     def __call__(self, _watch: asyncio.Task[None]) -> None:
         if self.armed:
             self.armed = False
+            self.fired = True
             self.task.cancel()
 
 

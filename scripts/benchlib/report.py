@@ -298,8 +298,8 @@ def level_section(service: TargetResult, relay: TargetResult | None) -> list[str
         f"Demo pace {service.pace_ms:g} ms per token, {processes}. Unloaded, a "
         f"generation is {service.events_per_generation:.0f} events at {offered:.1f} events/s "
         f"(the relay replays exactly that), so {service.streams} streams are offered at most "
-        f"{offered * service.streams:,.0f} events/s; between generations a slot spends a POST "
-        f"and a connect. Measured over {service.window_s:g} s after a "
+        f"{offered * service.streams:,.0f} events/s; between generations a slot spends a POST, "
+        f"on its connection if still fresh. Measured over {service.window_s:g} s after a "
         f"{service.warmup_s:g} s warm-up.",
         "",
         *level_table(service, relay),

@@ -127,9 +127,12 @@ async def open_streams(
         [opened.all, *tasks], timeout=OPEN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
     )
     if opened.all not in done:
-        release.set()
+        for task in tasks:
+            task.cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        error = next((r for r in results if isinstance(r, BaseException)), None)
+        error = next(
+            (r for r in results if not isinstance(r, (asyncio.CancelledError, type(None)))), None
+        )
         raise RuntimeError(f"{opened.left} of {count} streams did not open: {error!r}")
     return tasks, release
 
@@ -160,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pace-ms", type=float, default=20_000, help="demo delay per word")
     args = parser.parse_args(argv)
+    if args.streams < 1 or args.workers < 1:
+        parser.error("--streams and --workers must be at least 1")
     result = asyncio.run(measure(args.streams, args.workers, args.pace_ms))
     print(
         f"{result.streams} streams open at rest, {args.workers} worker(s): RSS "

@@ -148,17 +148,51 @@ async def test_the_server_cancelling_the_response_cancels_the_stream_and_leaves_
     assert len(client.sent) == 1  # nothing more after the cancel: no end of the body
 
 
+def _watch() -> asyncio.Task[Any]:
+    """The task watching for the disconnect."""
+    (watch,) = (
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "_disconnected"
+    )
+    return watch
+
+
 async def test_a_disconnect_and_a_server_cancel_together_still_cancel_the_request() -> None:
-    # The disconnect's interrupt is taken back; the server's cancel is not.
+    # The disconnect's cancel is taken back; the server's, which comes right after it, is not.
     client = Client()
     kept: list[weakref.ref[Connection]] = []
     response = EventStreamBody(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
     sending = asyncio.create_task(response.send_body(client.send, client.receive))
     await client.got_some.wait()
+    _watch().add_done_callback(lambda _: sending.cancel())  # runs after the interrupt
     client.gone.set()
-    sending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await sending
+
+
+async def test_a_disconnect_once_the_body_has_ended_cancels_nothing() -> None:
+    # uvicorn's receive() answers http.disconnect once the response is complete: the watch
+    # can end in the same turn as the body, and its interrupt must not reach the server.
+    client = Client()
+
+    async def ending() -> AsyncIterator[bytes]:
+        yield b"last"
+        client.gone.set()
+        await asyncio.sleep(0)  # the watch sees the disconnect; its callback comes next
+
+    response = EventStreamBody(iterator=ending(), media_type="text/plain")
+
+    async def handler() -> int:
+        await response.send_body(client.send, client.receive)
+        await asyncio.sleep(0)  # a cancel sent after the body would land here
+        await asyncio.sleep(0)
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    assert await asyncio.wait_for(handler(), 10) == 0
+    assert client.sent[-1]["more_body"] is False
 
 
 async def test_a_dropped_stream_ends_the_body_and_the_request_task_goes_on() -> None:
@@ -180,14 +214,27 @@ async def test_a_dropped_stream_ends_the_body_and_the_request_task_goes_on() -> 
     assert await asyncio.wait_for(sending, 10) == "after the body, cancelling=0"
 
 
-async def test_a_failing_receive_is_raised_to_the_server() -> None:
-    async def receive() -> Message:
+class Broken:
+    """The server's side of a connection whose receive() fails."""
+
+    async def receive(self) -> Message:
         raise OSError("the connection broke")
 
+
+async def test_a_failing_receive_is_raised_to_the_server_and_frees_the_connection(
+    no_collector: None,
+) -> None:
+    broken = Broken()
     kept: list[weakref.ref[Connection]] = []
     response = EventStreamBody(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
+    sending = asyncio.create_task(response.send_body(Client().send, broken.receive))
     with pytest.raises(OSError, match="the connection broke"):
-        await asyncio.wait_for(response.send_body(Client().send, receive), 10)
+        await sending
+    server_side = weakref.ref(broken)
+    del broken, response, sending
+    for _ in range(3):
+        await asyncio.sleep(0)  # the loop lets go of the finished tasks' last callbacks
+    assert kept[0]() is None and server_side() is None
 
 
 async def test_an_error_in_the_stream_is_raised_to_the_server() -> None:
