@@ -52,14 +52,14 @@ class EventStreamBody(ASGIStreamingResponse):
         try:
             await self._stream(send)
         except asyncio.CancelledError:
-            # Only the interrupt's cancel is taken back; the server's (shutdown) goes on.
-            if not interrupt.fired or handler.uncancel() > cancels:
+            # Only the interrupt's cancel ends the body quietly; the server's (shutdown)
+            # goes on.
+            if not interrupt.fired or handler.cancelling() > cancels + 1:
                 raise
-        else:
-            if interrupt.fired:  # the body swallowed the interrupt's cancel
-                handler.uncancel()
         finally:
             interrupt.armed = False
+            if interrupt.fired:
+                handler.uncancel()  # the interrupt's, however the body took it
             watch.cancel()
             # Every error is retrieved; a failed receive() is raised once the body stops.
             error = None if not watch.done() or watch.cancelled() else watch.exception()

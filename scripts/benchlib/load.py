@@ -129,7 +129,6 @@ class Slot:
         """Keep ``conn`` for the next request if its response was read to the end
         (``clean``), else close it."""
         if clean and conn.reusable:
-            self.drop_idle()
             self._idle, self._idle_since = conn, time.perf_counter()
         else:
             conn.abort()
