@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -26,9 +25,10 @@ from pathlib import Path
 
 import msgspec
 
-from scripts.benchlib import procstat, users
+from scripts.benchlib import users
 from scripts.benchlib.httpclient import Connection
 from scripts.benchlib.processes import HOST, start_service, wait_ready
+from scripts.benchlib.run import rss_and_cpu
 
 WARMUP_STREAMS = 20
 RETRY_S = 0.5  # after a 429 while the streams are being opened
@@ -47,14 +47,6 @@ class AtRest:
     @property
     def kb_per_stream(self) -> float:
         return (self.open_kib - self.idle_kib) * 1.024 / self.streams
-
-
-async def median_rss_kib(pid: int, samples: int = 4, every_s: float = 0.5) -> float:
-    values = []
-    for _ in range(samples):
-        await asyncio.sleep(every_s)  # RSS sampling interval
-        values.append(procstat.tree_rss_kib(pid))
-    return float(statistics.median(values))
 
 
 class Opened:
@@ -146,9 +138,9 @@ async def measure(streams: int, workers: int, pace_ms: float) -> AtRest:
         tasks, release = await open_streams(port, WARMUP_STREAMS, streams)
         release.set()
         await asyncio.gather(*tasks)
-        idle = await median_rss_kib(child.pid)
+        idle, _ = await rss_and_cpu(child.pid)
         tasks, release = await open_streams(port, streams, 0)
-        loaded = await median_rss_kib(child.pid)
+        loaded, _ = await rss_and_cpu(child.pid)
         release.set()
         await asyncio.gather(*tasks)
         return AtRest(streams, idle, loaded)

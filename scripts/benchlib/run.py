@@ -327,8 +327,8 @@ def _fill(result: TargetResult, rec: Recorder, samples: _Samples, rss_idle: floa
     result.errors = dict(rec.errors.most_common())
 
 
-async def _idle(pid: int, seconds: float = 2.0) -> tuple[float, float]:
-    """Median RSS (KiB) and CPU (cores) of an idle process over ``seconds``."""
+async def rss_and_cpu(pid: int, seconds: float = 2.0) -> tuple[float, float]:
+    """Median RSS (KiB) and CPU (cores) of ``pid`` and its descendants over ``seconds``."""
     values = []
     before, started = procstat.tree_cpu_times(pid), time.monotonic()
     for _ in range(4):
@@ -408,7 +408,7 @@ async def run_target(
     try:
         await wait_ready(child, port)
         await calibrate(HOST, port, level.mode)  # warm-up: lazy imports, statement caches
-        rss_idle, cpu_idle = await _idle(child.pid)
+        rss_idle, cpu_idle = await rss_and_cpu(child.pid)
         per_stream = statistics.mean(template.events_per_second(s) for s in scripts.values())
         per_generation = statistics.mean(template.event_count(s) for s in scripts.values())
         span = max(script[-1][0] for script in scripts.values())

@@ -85,6 +85,14 @@ async def fake_service() -> AsyncIterator[tuple[FakeService, int]]:
         await server.wait_closed()
 
 
+async def _generation(slot: Slot, drop_after: int = 0) -> str:
+    """One generation created and its stream followed; its request id."""
+    request_id = await slot.create("a bakery in lyon")
+    assert request_id is not None
+    await slot.follow(request_id, 0.0, drop_after)
+    return request_id
+
+
 def _slot(port: int) -> tuple[Slot, Recorder]:
     plan = LoadPlan(host="127.0.0.1", port=port, streams=1)
     rec = Recorder(0.0, 0.0)
@@ -96,9 +104,7 @@ async def test_a_slot_sends_its_posts_and_streams_on_one_connection() -> None:
     async with fake_service() as (service, port):
         slot, rec = _slot(port)
         for _ in range(3):
-            request_id = await slot.create("a bakery in lyon")
-            assert request_id is not None
-            await slot.follow(request_id, 0.0, 0)
+            await _generation(slot)
         slot.drop_idle()
     assert service.requests_per_connection == [6]
     assert rec.received == {f"r{n}": list(enumerate(TYPES, 1)) for n in (1, 2, 3)}
@@ -110,10 +116,8 @@ async def test_a_slot_sends_its_posts_and_streams_on_one_connection() -> None:
 async def test_a_dropped_stream_resumes_on_a_new_connection_and_misses_nothing() -> None:
     async with fake_service() as (service, port):
         slot, rec = _slot(port)
-        request_id = await slot.create("a bakery in lyon")
-        assert request_id is not None
-        await slot.follow(request_id, 0.0, 2)
-        request_id = await slot.create("a bakery in lyon")
+        await _generation(slot, drop_after=2)
+        await slot.create("a bakery in lyon")
         slot.drop_idle()
     # The POST and the stream it dropped; the resume, then the next POST on its connection.
     assert service.requests_per_connection == [2, 2]
@@ -127,9 +131,7 @@ async def test_a_refused_stream_leaves_its_connection_ready_for_the_next_request
     async with fake_service() as (service, port):
         slot, rec = _slot(port)
         await slot.follow("gone", 0.0, 0)
-        request_id = await slot.create("a bakery in lyon")
-        assert request_id is not None
-        await slot.follow(request_id, 0.0, 0)
+        request_id = await _generation(slot)
         slot.drop_idle()
     assert service.requests_per_connection == [3]
     assert rec.errors == {"stream 404": 1}

@@ -126,18 +126,23 @@ async def test_a_stream_ends_though_the_server_answers_disconnect_once_it_is_com
     assert client.sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
 
 
+def _children() -> list[asyncio.Task[Any]]:
+    """The tasks a response started: one sending its body, one watching for the disconnect."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "")
+        in {"ASGIStreamingResponse._stream", "_disconnected"}
+    ]
+
+
 async def test_the_server_cancelling_the_response_cancels_the_stream_and_leaves_no_task() -> None:
     client = Client()
     kept: list[weakref.ref[Connection]] = []
     response = EventStreamBody(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
     sending = asyncio.create_task(response.send_body(client.send, client.receive))
     await client.got_some.wait()
-    children = {
-        task
-        for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "")
-        in {"ASGIStreamingResponse._stream", "_disconnected"}
-    }
+    children = _children()
     # The body runs in the request's task; only the watch for the disconnect is a task.
     assert [task.get_coro().__qualname__ for task in children] == ["_disconnected"]
     assert not any(task.done() for task in children)
@@ -150,11 +155,7 @@ async def test_the_server_cancelling_the_response_cancels_the_stream_and_leaves_
 
 def _watch() -> asyncio.Task[Any]:
     """The task watching for the disconnect."""
-    (watch,) = (
-        task
-        for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "") == "_disconnected"
-    )
+    (watch,) = _children()
     return watch
 
 
