@@ -197,8 +197,13 @@ def level_table(service: TargetResult, relay: TargetResult | None) -> list[str]:
             "",
         ),
         _row(
-            "generations started per second",
-            *both(lambda t: format_number(sum(t.post_statuses.values()) / t.window_s)),
+            "generations started (POSTs answered 201) / POSTs, per second",
+            *both(
+                lambda t: (
+                    f"{format_number(t.post_statuses.get(201, 0) / t.window_s)} / "
+                    f"{format_number(sum(t.post_statuses.values()) / t.window_s)}"
+                )
+            ),
         ),
         _row(
             "POSTs in window (status: count)",

@@ -422,6 +422,16 @@ def test_the_posts_that_waited_for_a_commit_are_shown_apart_from_the_refusals() 
     assert row.endswith("| 30.0 / 90.0, n=400 | n/a |  |")
 
 
+def test_generations_started_count_created_requests_not_refusals() -> None:
+    service = _result("service", 2000, 30)
+    service.post_statuses = {200: 10, 201: 400, 429: 1200}
+    rows = report.level_table(service, _result("relay", 2500, 15))
+    row = next(line for line in rows if line.startswith("| generations started"))
+    window = service.window_s
+    started, posts = stats.format_number(400 / window), stats.format_number(1610 / window)
+    assert f"| {started} / {posts} |" in row
+
+
 def test_marginal_memory_is_the_slope_between_levels() -> None:
     low = _result("service", 1, 1, load=10_000.0)
     high = _result("service", 1, 1, load=30_000.0)
