@@ -35,6 +35,7 @@ from app.store.writer import (
     FRAME,
     OK,
     PING,
+    RECV_BYTES,
     REFUSED,
     RemoteWriter,
     WriterFailed,
@@ -141,6 +142,21 @@ def test_frames_are_answered_once_each_in_order_however_they_arrive(writer: Writ
         assert len(ids) == 2
     conn.sendall(frame(create_batch(rid_of(0))))
     assert answer(conn)[0] == CONFLICT, "a duplicate request is the worker's to sort out"
+
+
+def test_a_batch_larger_than_one_read_arrives_whole(writer: Writer) -> None:
+    conn = writer.connect()
+    rid = rid_of(7)
+    conn.sendall(frame(create_batch(rid)))
+    assert answer(conn)[0] == OK
+    text = "x" * (3 * RECV_BYTES)
+    big = frame([(rid, [ev.ResponseChunk(delta=text)], None)])
+    assert len(big) > 3 * RECV_BYTES
+    conn.sendall(big)
+    kind, (outcomes, _spans, written, _ids, _at) = answer(conn)  # type: ignore[misc]
+    assert kind == OK and outcomes == [[]]
+    ((_, seq, type_, data),) = written
+    assert (seq, type_) == (3, "response_chunk") and text.encode() in data
 
 
 def test_a_ping_is_answered_in_turn_without_a_transaction(writer: Writer) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from app.domain import events as ev
 from app.store.engine import Engines, create_engines
@@ -56,3 +57,37 @@ async def test_a_claim_with_nothing_to_claim_does_not_wait_for_the_write_lock(
         release.set()
         await other_commit
     await log.close()
+
+
+async def test_the_write_connection_is_kept_and_a_failed_transaction_leaves_nothing(
+    migrated_sqlite_url: str,
+) -> None:
+    engines = create_engines(migrated_sqlite_url, sqlite_workers=True)
+    threads = engines.threads
+    assert threads is not None
+    insert = "INSERT INTO purged_requests (request_id, user_id, purged_at) VALUES (?, 'u', ?)"
+    at = "2026-01-01 00:00:00.000000"
+
+    def add(request_id: str, *, then_fail: bool = False) -> object:
+        def run(conn: Connection) -> object:
+            conn.exec_driver_sql(insert, (request_id, at))
+            if then_fail:
+                raise RuntimeError("the transaction's work failed")
+            return conn
+
+        return run
+
+    try:
+        first = await engines.transact(add("r-1"))
+        assert await engines.transact(add("r-2")) is first, "one connection, kept checked out"
+        with pytest.raises(RuntimeError):
+            await engines.transact(add("r-3", then_fail=True))
+        with pytest.raises(IntegrityError):
+            await engines.transact(add("r-1"))  # (a duplicate: the driver's error)
+        await engines.transact(add("r-4"))  # (after the failures, on a connection reset)
+        rows = await engines.transact(
+            lambda conn: conn.exec_driver_sql("SELECT request_id FROM purged_requests").all()
+        )
+        assert sorted(r for (r,) in rows) == ["r-1", "r-2", "r-4"]
+    finally:
+        await engines.dispose()
