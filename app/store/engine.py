@@ -40,6 +40,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,7 +102,11 @@ class SQLiteThreads:
         _configure_sqlite(self.write_engine, synchronous, busy_ms, begin="BEGIN IMMEDIATE")
         _configure_sqlite(self.read_engine, synchronous, busy_ms, begin=None)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
-        self._write_conn: Connection | None = None  # (the write thread's, between transactions)
+        # The write connection, checked out between transactions, and the lock that keeps
+        # it to one transaction at a time whatever thread calls (the lock file does not:
+        # its turns are per process).
+        self._write_conn: Connection | None = None
+        self._write_mutex = threading.Lock()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="sqlite-read")
 
     async def transact(self, fn: Callable[[Connection], T]) -> T:
@@ -118,10 +123,10 @@ class SQLiteThreads:
         The write connection stays checked out between transactions: a check-out and
         return through the pool cost about 50 us a transaction, as much again as a small
         transaction itself (docs/benchmarks.md, "The log writer's reads"). A transaction
-        that fails gives its connection back to the pool, which rolls it back, and the
-        next one checks it out again, as each transaction did before.
+        that fails (its ``BEGIN`` included) gives its connection back to the pool, and
+        the next one checks one out again, as each transaction did before.
         """
-        with self._turn():
+        with self._write_mutex, self._turn():
             conn = self._write_conn
             if conn is None:
                 conn = self._write_conn = self.write_engine.connect()
@@ -195,14 +200,16 @@ class SQLiteThreads:
         """Wait for running work, then close the connections."""
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
-        if self._write_conn is not None:
-            self._write_conn.close()
-            self._write_conn = None
-        self.write_engine.dispose()
-        self.read_engine.dispose()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        conn, self._write_conn = self._write_conn, None
+        try:
+            if conn is not None:
+                conn.close()
+        finally:
+            self.write_engine.dispose()
+            self.read_engine.dispose()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,8 +171,8 @@ RECV_BYTES = 1 << 16
 """The most one read takes from a worker's socket; a larger frame arrives over several.
 Each read allocates this much first. At 1 MiB every read mapped fresh memory, shrank it
 to what came and unmapped it: three system calls and two page faults, about 24 us a read
-against 4.5 at 64 KiB, and 7% of the writer's time under load (docs/benchmarks.md, "The
-log writer's reads")."""
+against 4.5 at 64 KiB. Reads were 7% of the writer's time under load (docs/benchmarks.md,
+"The log writer's reads")."""
 
 
 def _recv(sock: socket.socket) -> bytes:

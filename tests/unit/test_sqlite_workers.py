@@ -4,12 +4,13 @@ nothing to claim does not take a turn."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
-from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, event
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.domain import events as ev
 from app.store.engine import Engines, create_engines
@@ -59,35 +60,46 @@ async def test_a_claim_with_nothing_to_claim_does_not_wait_for_the_write_lock(
     await log.close()
 
 
-async def test_the_write_connection_is_kept_and_a_failed_transaction_leaves_nothing(
+async def test_the_write_connection_is_kept_and_a_failed_transaction_gives_it_back(
     migrated_sqlite_url: str,
 ) -> None:
-    engines = create_engines(migrated_sqlite_url, sqlite_workers=True)
+    engines = create_engines(migrated_sqlite_url, sqlite_workers=True, sqlite_busy_timeout_ms=50)
     threads = engines.threads
     assert threads is not None
+    checkouts: list[object] = []
+    event.listen(threads.write_engine, "checkout", lambda *_: checkouts.append(None))
     insert = "INSERT INTO purged_requests (request_id, user_id, purged_at) VALUES (?, 'u', ?)"
     at = "2026-01-01 00:00:00.000000"
 
-    def add(request_id: str, *, then_fail: bool = False) -> object:
-        def run(conn: Connection) -> object:
+    def add(request_id: str, *, then_fail: bool = False) -> Callable[[Connection], None]:
+        def run(conn: Connection) -> None:
             conn.exec_driver_sql(insert, (request_id, at))
             if then_fail:
                 raise RuntimeError("the transaction's work failed")
-            return conn
 
         return run
 
     try:
-        first = await engines.transact(add("r-1"))
-        assert await engines.transact(add("r-2")) is first, "one connection, kept checked out"
+        await engines.transact(add("r-1"))
+        await engines.transact(add("r-2"))
+        assert len(checkouts) == 1, "one check-out for every transaction that succeeds"
         with pytest.raises(RuntimeError):
             await engines.transact(add("r-3", then_fail=True))
         with pytest.raises(IntegrityError):
-            await engines.transact(add("r-1"))  # (a duplicate: the driver's error)
-        await engines.transact(add("r-4"))  # (after the failures, on a connection reset)
+            await engines.transact(add("r-1"))  # (a duplicate key)
+        other = sqlite3.connect(migrated_sqlite_url.split(":///", 1)[1], isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+        try:
+            with pytest.raises(OperationalError):
+                await engines.transact(add("r-4"))  # (its BEGIN times out)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await engines.transact(add("r-5"))
+        assert len(checkouts) == 4, "each failed transaction gave its connection back"
         rows = await engines.transact(
             lambda conn: conn.exec_driver_sql("SELECT request_id FROM purged_requests").all()
         )
-        assert sorted(r for (r,) in rows) == ["r-1", "r-2", "r-4"]
+        assert sorted(r for (r,) in rows) == ["r-1", "r-2", "r-5"]
     finally:
         await engines.dispose()
