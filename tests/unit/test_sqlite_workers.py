@@ -82,7 +82,7 @@ async def test_the_write_connection_is_kept_and_a_failed_transaction_gives_it_ba
     try:
         await engines.transact(add("r-1"))
         await engines.transact(add("r-2"))
-        assert len(checkouts) == 1, "one check-out for every transaction that succeeds"
+        assert len(checkouts) == 1, "the transactions that succeed share one check-out"
         with pytest.raises(RuntimeError):
             await engines.transact(add("r-3", then_fail=True))
         with pytest.raises(IntegrityError):
