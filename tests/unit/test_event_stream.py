@@ -61,21 +61,30 @@ async def body(
         await asyncio.Event().wait()  # the stream waits for events that never come
 
 
+async def waiting(
+    response_type: type[ASGIStreamingResponse] = EventStreamBody,
+) -> tuple[Client, asyncio.Task[None], list[weakref.ref[Connection]]]:
+    """A response being sent that has sent its first chunk and waits for more: its client,
+    the task sending it, and a reference to what its stream holds."""
+    client = Client()
+    kept: list[weakref.ref[Connection]] = []
+    response = response_type(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
+    sending = asyncio.create_task(response.send_body(client.send, client.receive))
+    await client.got_some.wait()
+    return client, sending, kept
+
+
 async def dropped(
     response_type: type[ASGIStreamingResponse],
 ) -> tuple[list[Message], Connection | None, Client | None]:
     """Send a response that waits after its first chunk, drop the client, and return what
     was sent and what outlives the handler without the collector: the stream's own
     objects, and the server's side of the connection."""
-    client = Client()
-    kept: list[weakref.ref[Connection]] = []
-    response = response_type(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
-    sending = asyncio.create_task(response.send_body(client.send, client.receive))
-    await client.got_some.wait()
+    client, sending, kept = await waiting(response_type)
     client.gone.set()
     await sending
     sent, server_side = client.sent, weakref.ref(client)
-    del response, sending, client
+    del sending, client
     return sent, kept[0](), server_side()
 
 
@@ -137,11 +146,7 @@ def _children() -> list[asyncio.Task[Any]]:
 
 
 async def test_the_server_cancelling_the_response_cancels_the_stream_and_leaves_no_task() -> None:
-    client = Client()
-    kept: list[weakref.ref[Connection]] = []
-    response = EventStreamBody(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
-    sending = asyncio.create_task(response.send_body(client.send, client.receive))
-    await client.got_some.wait()
+    client, sending, _ = await waiting()
     children = _children()
     # The body runs in the request's task; only the watch for the disconnect is a task.
     assert [task.get_coro().__qualname__ for task in children] == ["_disconnected"]
@@ -161,11 +166,7 @@ def _watch() -> asyncio.Task[Any]:
 
 async def test_a_disconnect_and_a_server_cancel_together_still_cancel_the_request() -> None:
     # The disconnect's cancel is taken back; the server's, which comes right after it, is not.
-    client = Client()
-    kept: list[weakref.ref[Connection]] = []
-    response = EventStreamBody(iterator=body(kept, 1, then_wait=True), media_type="text/plain")
-    sending = asyncio.create_task(response.send_body(client.send, client.receive))
-    await client.got_some.wait()
+    client, sending, _ = await waiting()
     _watch().add_done_callback(lambda _: sending.cancel())  # runs after the interrupt
     client.gone.set()
     with pytest.raises(asyncio.CancelledError):
