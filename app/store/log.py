@@ -406,7 +406,9 @@ class EventLog:
             start = len(event_rows)
             for payload in payloads:
                 current.last_seq += 1
-                current.status = status_after(payload) or current.status
+                status = status_after(payload)
+                if status is not None and status != current.status:
+                    current.status, current.status_changed = status, True
                 type_, data = event_type(payload), encode_payload(payload)
                 seq, version = current.last_seq, self._upcasters.current_version(type_)
                 written.append((item.request_id, seq, type_, data))
@@ -416,7 +418,11 @@ class EventLog:
             spans.append((start, len(event_rows)))
         self._engines.insert_requests(conn, new_rows, at)
         ids = self._engines.insert_events(conn, event_rows, at)
-        heads = {rid: (s.last_seq, s.status) for rid, s in state.items() if s.touched}
+        heads = {
+            rid: (s.last_seq, s.status if s.status_changed else None)
+            for rid, s in state.items()
+            if s.touched
+        }
         self._engines.notify_appended(conn, {rid: seq for rid, (seq, _) in heads.items()})
         self._engines.update_heads(conn, heads, at)
         return outcomes, spans, written, ids, at
@@ -585,6 +591,7 @@ class _State:
     last_seq: int
     status: str
     touched: bool = False
+    status_changed: bool = False
 
 
 def _load_state(conn: Connection, request_ids: set[str]) -> dict[str, _State]:

@@ -121,6 +121,35 @@ async def test_read_model_is_updated_with_its_events(log: EventLog) -> None:
     assert record.status == "failed" and record.user_id == "ana"
 
 
+async def test_one_group_commit_moves_every_head_and_the_statuses_it_changes(
+    log: EventLog,
+) -> None:
+    # Heads whose status stays take another statement than those whose status moves; in
+    # one group commit, each gets its own.
+    running, queued, finishing, again = [await create(log) for _ in range(4)]
+    for rid in (running, finishing, again):
+        await log.append(rid, [ev.Status(status="running")])
+    before = {rid: await log.get(rid) for rid in (running, queued, finishing, again)}
+    commits = log.stats.commits
+    await asyncio.gather(
+        log.append(running, [ev.ResponseChunk(delta="a"), ev.ResponseChunk(delta="b")]),
+        log.append(queued, [ev.Stage(stage="waiting", progress=0)]),
+        log.append(finishing, [ev.ResponseChunk(delta="c"), ev.Complete(content="c")]),
+        log.append(again, [ev.Status(status="running"), ev.ResponseChunk(delta="d")]),
+    )
+    assert log.stats.commits == commits + 1
+    expected = {running: ("running", 5), queued: ("queued", 3), finishing: ("completed", 5)}
+    expected[again] = ("running", 5)
+    for rid, (status, last_seq) in expected.items():
+        record, old = await log.get(rid), before[rid]
+        view = fold_request(await log.read(rid))
+        assert record is not None and old is not None and view is not None
+        assert (
+            (record.status, record.last_seq) == (status, last_seq) == (view.status, view.last_seq)
+        )
+        assert record.updated_at == view.updated_at > old.updated_at
+
+
 async def test_the_ids_an_append_returns_are_the_stored_ones(log: EventLog) -> None:
     rids = [await create(log) for _ in range(3)]
     batches = await asyncio.gather(
