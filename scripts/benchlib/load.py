@@ -294,6 +294,11 @@ async def run_load(plan: LoadPlan, started: float, rec: Recorder) -> int:
     return len(pending)
 
 
+CALIBRATION_ATTEMPTS = 20
+"""How many times a warm-up generation is asked for before the run gives up (a refusal
+waits for its Retry-After, at most a second)."""
+
+
 async def calibrate(host: str, port: int, mode: str) -> dict[str, Trace]:
     """One unhurried generation per prompt, concurrently; their events as received."""
     plan = LoadPlan(host=host, port=port, streams=len(PROMPTS), mode=mode)
@@ -303,8 +308,11 @@ async def calibrate(host: str, port: int, mode: str) -> dict[str, Trace]:
         slot = Slot(plan, rec, random.Random(0), f"calibration-{PROMPTS.index(prompt)}")
         posted = time.time()
         try:
-            request_id = await slot.create(prompt)
-            if request_id is None:
+            for _ in range(CALIBRATION_ATTEMPTS):  # (a service just started may shed)
+                request_id = await slot.create(prompt)
+                if request_id is not None:
+                    break
+            else:
                 raise RuntimeError(f"calibration request refused: {dict(rec.errors)}")
             await slot.follow(request_id, posted, 0)
         finally:

@@ -44,10 +44,26 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class Child:
-    """One started process, its log file, and how to stop it."""
+def _lowest_priority() -> None:  # runs in the child between fork and exec
+    _die_with_parent()
+    os.nice(19)
 
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log: Path) -> None:
+
+class Child:
+    """One started process, its log file, and how to stop it. ``background``: at the lowest
+    priority, in this process's session (with the kernel's autogroup scheduling, a session
+    of its own would be a scheduling group as weighty as the service's); otherwise in a
+    session of its own."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        log: Path,
+        *,
+        background: bool = False,
+    ) -> None:
         self.name = name
         self.log_path = log
         with log.open("ab") as out:
@@ -57,8 +73,8 @@ class Child:
                 env=dict(env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
+                start_new_session=not background,
+                preexec_fn=_lowest_priority if background else _die_with_parent,
             )
         _children.append(self)
 
@@ -149,6 +165,13 @@ def start_relay(workdir: Path, scripts: Path) -> tuple[Child, int]:
     argv = [sys.executable, "-m", "scripts.benchlib.relay", "--port", str(port)]
     argv += ["--scripts", str(scripts)]
     return Child("relay", argv, os.environ, workdir / "relay.log"), port
+
+
+def start_host_probe(seconds: float, out: Path) -> Child:
+    """``hostspeed`` timing its fixed work over and over for ``seconds``, one figure (ms of
+    CPU) a line in ``out``; in the background, so that it takes about 1% of a busy core."""
+    argv = [sys.executable, "-m", "scripts.benchlib.hostspeed", f"{seconds:.1f}"]
+    return Child("host probe", argv, os.environ, out, background=True)
 
 
 def start_profiler(

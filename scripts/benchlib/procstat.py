@@ -38,11 +38,14 @@ def parse_rss_kib(status: str) -> int:
 
 
 class MachineTimes(NamedTuple):
-    """Jiffies of all CPUs since boot: busy, total, and interrupt handling (irq + softirq)."""
+    """Jiffies of all CPUs since boot: busy, total, interrupt handling (irq + softirq), and
+    steal (time a virtual machine's CPUs were ready to run while the host ran something
+    else; counted busy, as /proc/stat has it)."""
 
     busy: int
     total: int
     interrupts: int = 0
+    steal: int = 0
 
 
 def parse_machine_times(stat: str) -> MachineTimes:
@@ -50,8 +53,9 @@ def parse_machine_times(stat: str) -> MachineTimes:
     for line in stat.splitlines():
         if line.startswith("cpu "):
             values = [int(v) for v in line.split()[1:9]]
+            values += [0] * (8 - len(values))  # (kernels before 2.6.11 have no steal)
             idle = values[3] + values[4]  # idle + iowait
-            return MachineTimes(sum(values) - idle, sum(values), values[5] + values[6])
+            return MachineTimes(sum(values) - idle, sum(values), values[5] + values[6], values[7])
     raise ValueError("no cpu line in /proc/stat")
 
 
@@ -137,3 +141,9 @@ def interrupt_fraction(before: MachineTimes, after: MachineTimes) -> float:
     """Share of all CPUs' time spent in irq and softirq handlers (loopback TCP runs there)."""
     total = after.total - before.total
     return (after.interrupts - before.interrupts) / total if total > 0 else float("nan")
+
+
+def steal_fraction(before: MachineTimes, after: MachineTimes) -> float:
+    """Share of all CPUs' time the host took back (steal) between two readings (0..1)."""
+    total = after.total - before.total
+    return (after.steal - before.steal) / total if total > 0 else float("nan")

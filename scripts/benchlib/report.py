@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,7 +255,7 @@ def level_table(service: TargetResult, relay: TargetResult | None) -> list[str]:
             "load generator CPU (cores) / loop lag p99 (ms)",
             *both(lambda t: f"{format_number(t.client_cpu, 2)} / {_pcts(t.client_lag, ('p99',))}"),
         ),
-        _row("machine busy (both cores)", *both(lambda t: f"{t.machine_busy:.0%}")),
+        _row("machine busy (both cores, steal included)", *both(lambda t: f"{t.machine_busy:.0%}")),
         _row(
             "irq/softirq (loopback TCP) / other processes, cores",
             *both(lambda t: f"{t.interrupts * CORES:.2f} / {t.other_cpu:.2f}"),
@@ -262,6 +263,12 @@ def level_table(service: TargetResult, relay: TargetResult | None) -> list[str]:
         _row(
             "other processes just before the run (cores)",
             *both(lambda t: format_number(t.background_cpu, 2)),
+        ),
+        _row(
+            "host: cores taken back (steal) / a fixed loop's CPU time, median (least-most) (ms)",
+            *both(
+                lambda t: f"{format_number(t.steal * CORES, 2)} / {_host_speed(t.host_probe_ms)}"
+            ),
         ),
         _row("events per group commit", *both(lambda t: format_number(t.events_per_commit))),
         _row(
@@ -283,6 +290,13 @@ def level_table(service: TargetResult, relay: TargetResult | None) -> list[str]:
         ),
         _row("client errors", *both(lambda t: _errors(t.errors))),
     ]
+
+
+def _host_speed(figures: list[float]) -> str:
+    if not figures:
+        return "n/a"
+    median = statistics.median(figures)
+    return f"{median:.0f} ({min(figures):.0f}-{max(figures):.0f})"
 
 
 def _errors(errors: dict[str, int]) -> str:

@@ -8,10 +8,12 @@ list of its events, and stop the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from scripts.benchlib import procstat, template, users
+from scripts.benchlib import hostspeed, procstat, template, users
 from scripts.benchlib.hotspots import Profile, parse_raw
 from scripts.benchlib.httpclient import Connection
 from scripts.benchlib.load import (
@@ -38,6 +40,7 @@ from scripts.benchlib.processes import (
     PROFILE_HZ,
     Child,
     get_json_bytes,
+    start_host_probe,
     start_profiler,
     start_relay,
     start_service,
@@ -116,6 +119,14 @@ class TargetResult:
     """Share of the machine's CPU time in irq/softirq handlers (0..1)."""
     background_cpu: float = math.nan
     """Cores other processes used just before the load (the wait for quiet ended there)."""
+    steal: float = math.nan
+    """Share of the machine's CPU time the host took back in the window (0..1): busy time
+    in /proc/stat, but not another process's (``other_cpu`` leaves it out). The
+    processes' own CPU times hold a little of it: in a run with 0.55 cores of steal,
+    ``other_cpu`` read -0.13 cores, against -0.02 to -0.03 in runs with none."""
+    host_probe_ms: list[float] = field(default_factory=list)
+    """The host's speed through the window: the CPU time of a fixed piece of interpreter
+    work, timed over and over (``hostspeed``)."""
     client_lag: Summary | None = None
     events_per_commit: float = math.nan
     write_delay: HistogramWindow | None = None
@@ -131,7 +142,7 @@ class TargetResult:
     def other_cpu(self) -> float:
         """Cores busy with neither server, load generator nor interrupts: other processes."""
         cores = os.cpu_count() or 1
-        busy = (self.machine_busy - self.interrupts) * cores
+        busy = (self.machine_busy - self.interrupts - self.steal) * cores
         return busy - self.server_cpu - self.client_cpu
 
     def cpu_us_per_event(self, cores: float) -> float:
@@ -163,6 +174,7 @@ class _Samples:
     client_cpu: float = math.nan
     machine_busy: float = math.nan
     interrupts: float = math.nan
+    steal: float = math.nan
     events_per_commit: float = math.nan
     write_delay: HistogramWindow | None = None
     transaction: HistogramWindow | None = None
@@ -232,6 +244,7 @@ async def _monitor(
     machine1 = procstat.machine_times()
     out.machine_busy = procstat.busy_fraction(machine0, machine1)
     out.interrupts = procstat.interrupt_fraction(machine0, machine1)
+    out.steal = procstat.steal_fraction(machine0, machine1)
     metrics1 = await _metrics(port, workers)
     commits = metrics1.get("genstream_log_commits_total", 0) - metrics0.get(
         "genstream_log_commits_total", 0
@@ -320,6 +333,7 @@ def _fill(result: TargetResult, rec: Recorder, samples: _Samples, rss_idle: floa
     result.client_cpu = samples.client_cpu
     result.machine_busy = samples.machine_busy
     result.interrupts = samples.interrupts
+    result.steal = samples.steal
     result.client_lag = summarize(samples.lags)
     result.events_per_commit = samples.events_per_commit
     result.write_delay = samples.write_delay
@@ -347,7 +361,11 @@ async def background_cores(pid: int, seconds: float = 3.0) -> float:
     m1, s1, c1 = procstat.machine_times(), procstat.tree_cpu_times(pid), procstat.cpu_times(me)
     span = time.monotonic() - started
     cores = os.cpu_count() or 1
-    busy = (procstat.busy_fraction(m0, m1) - procstat.interrupt_fraction(m0, m1)) * cores
+    busy = (
+        procstat.busy_fraction(m0, m1)
+        - procstat.interrupt_fraction(m0, m1)
+        - procstat.steal_fraction(m0, m1)
+    ) * cores
     return busy - (s1.total - s0.total) / span - (c1.total - c0.total) / span
 
 
@@ -360,6 +378,21 @@ async def wait_for_quiet(pid: int, max_wait_s: float, log: Callable[[str], None]
         while busy > QUIET_CORES and time.monotonic() < deadline:
             busy = await background_cores(pid)
     return busy
+
+
+async def _probe_host(start: float, seconds: float, out: Path) -> Child:
+    """The host probe, started at ``start`` for ``seconds`` (the window)."""
+    await _sleep_until(start)
+    return start_host_probe(seconds, out)
+
+
+async def _host_figures(probe: Child) -> list[float]:
+    """What the host probe timed (it ends with the window: one at its last figure yet after
+    30 s more is stopped there)."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        await asyncio.to_thread(probe.popen.wait, 30)
+    await asyncio.to_thread(probe.stop)
+    return hostspeed.read_figures(await asyncio.to_thread(probe.log_path.read_text))
 
 
 def _stop(child: Child, log: Callable[[str], None]) -> None:
@@ -404,6 +437,7 @@ async def run_target(
     else:
         child, port = start_relay(workdir, scripts_path)
     profiler: Child | None = None
+    probe: asyncio.Task[Child] | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         await wait_ready(child, port)
@@ -442,7 +476,10 @@ async def run_target(
         rec = recorder(plan, started)
         monitor = asyncio.create_task(_monitor(child.pid, port, rec, samples, level.workers))
         load = asyncio.create_task(run_load(plan, started, rec))
-        tasks += [monitor, load]
+        probe = asyncio.create_task(
+            _probe_host(window_start, level.duration_s, workdir / f"{target}-host-probe.txt")
+        )
+        tasks += [monitor, load, probe]
         profile_out = workdir / "py-spy.txt"
         if level.profile and target == "service":
             await _sleep_until(window_start)
@@ -452,6 +489,7 @@ async def run_target(
         result.unfinished_slots = await load
         await monitor
         _fill(result, rec, samples, rss_idle)
+        result.host_probe_ms = await _host_figures(await probe)
         if profiler is not None:
             await asyncio.to_thread(profiler.popen.wait, 60)
             if profile_out.exists():
@@ -465,6 +503,8 @@ async def run_target(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if probe is not None and probe.done() and not probe.cancelled() and not probe.exception():
+            probe.result().stop()
         if profiler is not None:
             profiler.stop()
         _stop(child, log)

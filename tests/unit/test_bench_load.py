@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import msgspec
 import pytest
 
-from scripts.benchlib.load import LoadPlan, Recorder, Slot
+from scripts.benchlib.load import PROMPTS, LoadPlan, Recorder, Slot, calibrate
 
 TYPES = ("created", "response_chunk", "response_chunk", "complete")
 
@@ -22,9 +22,11 @@ class FakeService:
     """Answers ``POST /assistant/request`` with 201, a stream with four chunked events
     (404 for ``gone``); counts the connections it accepted and the requests on each."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: int = 0) -> None:
         self.requests_per_connection: list[int] = []
         self.created = 0
+        self.refuse = refuse
+        """The first POSTs to answer 429, as a service shedding load does."""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         index = len(self.requests_per_connection)
@@ -35,7 +37,13 @@ class FakeService:
                 lines = head.decode("latin-1").split("\r\n")
                 headers = dict(line.lower().split(": ", 1) for line in lines[1:] if line)
                 await reader.readexactly(int(headers.get("content-length", "0")))
-                if lines[0].startswith("POST"):
+                if lines[0].startswith("POST") and self.refuse > 0:
+                    self.refuse -= 1
+                    writer.write(
+                        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\n"
+                        b"Content-Length: 0\r\n\r\n"
+                    )
+                elif lines[0].startswith("POST"):
                     self.created += 1
                     body = msgspec.json.encode({"request_id": f"r{self.created}"})
                     writer.write(
@@ -75,8 +83,8 @@ class FakeService:
 
 
 @asynccontextmanager
-async def fake_service() -> AsyncIterator[tuple[FakeService, int]]:
-    service = FakeService()
+async def fake_service(refuse: int = 0) -> AsyncIterator[tuple[FakeService, int]]:
+    service = FakeService(refuse)
     server = await asyncio.start_server(service.handle, "127.0.0.1", 0)
     try:
         yield service, server.sockets[0].getsockname()[1]
@@ -136,3 +144,13 @@ async def test_a_refused_stream_leaves_its_connection_ready_for_the_next_request
     assert service.requests_per_connection == [3]
     assert rec.errors == {"stream 404": 1}
     assert rec.received[request_id] == list(enumerate(TYPES, 1))
+
+
+@pytest.mark.anyio
+async def test_the_warm_up_waits_out_refusals() -> None:
+    # A service that has only just started may still shed load for a moment.
+    async with fake_service(refuse=len(PROMPTS) + 1) as (service, port):
+        traces = await calibrate("127.0.0.1", port, "chat")
+    assert sorted(traces) == sorted(PROMPTS)
+    assert service.created == len(PROMPTS) and service.refuse == 0
+    assert all([kind for _, kind, _ in trace] == list(TYPES) for trace in traces.values())

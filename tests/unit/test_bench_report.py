@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import pytest
 
 from app.api.auth import Principal, read_token
 from scripts.benchlib import (
+    hostspeed,
     hotspots,
+    processes,
     procstat,
     report,
     run,
@@ -259,6 +263,47 @@ def test_interrupt_time_is_irq_plus_softirq() -> None:
     after = procstat.parse_machine_times("cpu  0 0 0 170 0 20 40 0\n")
     assert before.interrupts == 30
     assert procstat.interrupt_fraction(before, after) == pytest.approx(30 / 100)
+
+
+def test_steal_is_read_apart_and_is_not_another_process() -> None:
+    # user nice system idle iowait irq softirq steal
+    before = procstat.parse_machine_times("cpu  100 0 0 300 0 0 0 0\n")
+    after = procstat.parse_machine_times("cpu  200 0 0 400 0 0 0 100\n")
+    assert (before.steal, after.steal) == (0, 100)
+    assert procstat.steal_fraction(before, after) == pytest.approx(100 / 300)
+    assert procstat.parse_machine_times("cpu  1 2 3 4 5 6 7\n").steal == 0  # (no column)
+    result = _result("service", 1000, 10)
+    result.machine_busy, result.interrupts, result.steal = 0.9, 0.0, 0.4
+    result.server_cpu, result.client_cpu = 0.6, 0.2
+    assert result.other_cpu == pytest.approx((0.9 - 0.4) * 2 - 0.8)
+
+
+def test_the_report_gives_the_hosts_steal_and_speed_for_each_target() -> None:
+    service, relay = _result("service", 2000, 30), _result("relay", 2500, 15)
+    service.steal, service.host_probe_ms = 0.05, [97.6, 43.2, 51.0]
+    relay.steal = 0.0
+    row = next(r for r in report.level_table(service, relay) if r.startswith("| host:"))
+    assert "| 0.10 / 51 (43-98) | 0.00 / n/a |" in row
+
+
+def test_the_host_probe_counts_cpu_time_not_waiting() -> None:
+    assert hostspeed.cpu_ms(lambda: time.sleep(0.05)) < 10
+    assert hostspeed.cpu_ms(hostspeed.interpreter_work) > 0
+    assert hostspeed.read_figures("43.10\n44.02\n4") == [43.1, 44.02, 4.0]
+    assert hostspeed.read_figures("43.10\n\nnot a figure\n") == [43.1]
+
+
+def test_the_host_probe_runs_in_the_background_for_its_seconds(tmp_path: Path) -> None:
+    probe = processes.start_host_probe(0.5, tmp_path / "probe.txt")
+    try:
+        # (Popen returns once the child has run its preexec and started the program)
+        assert os.getpriority(os.PRIO_PROCESS, probe.pid) == 19
+        assert os.getsid(probe.pid) == os.getsid(0)
+        assert probe.popen.wait(60) == 0
+    finally:
+        probe.stop()
+    figures = hostspeed.read_figures((tmp_path / "probe.txt").read_text())
+    assert figures and all(f > 0 for f in figures)
 
 
 # --- relay scripts ----------------------------------------------------------------------
