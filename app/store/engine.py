@@ -327,8 +327,8 @@ class Engines:
         Most appends leave the status as it was (a chunk of a running request), and a
         statement that sets ``status`` rewrites its entries in the two indexes that hold
         it even when the value is the same: on SQLite that made a group commit of 18
-        chunks write 68 pages to the log rather than 46, and cost a fifth more CPU
-        (docs/benchmarks.md, "Heads without their status"). So those rows take a
+        chunks write 68 pages to the log rather than 46, with a quarter more CPU in the
+        transaction (docs/benchmarks.md, "Heads without their status"). So those rows take a
         statement that leaves ``status`` out. SQLite: ``executemany`` on the driver's
         connection, as for the events themselves.
         """

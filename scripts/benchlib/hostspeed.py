@@ -3,13 +3,13 @@ timed in the CPU time of the thread that does it.
 
 On a shared virtual machine the CPU time that the same work takes is not fixed. Steal
 (time the host ran something else while a core of ours was ready) shows only part of it:
-on the machine these figures come from, this probe took 43 ms of CPU on a quiet host and
-93-119 ms in minutes when a run saw under 600 jiffies of steal (docs/benchmarks.md,
-"Quick and slow hosts"). Every figure of a run that is CPU per something moves with it,
-so each run times the probe over and over through its window, in a process of its own
-at the lowest priority (``processes.start_host_probe``), and the report gives the
-figures beside the steal. The figure is CPU time, so the probe's own waits for a core
-leave it alone.
+on the machine these figures come from, this probe took 42.6-44.5 ms of CPU in a quiet
+minute and 43-107 ms, swinging within seconds, in a noisy one, with nothing else of ours
+running and no steal (docs/benchmarks.md, "Quick and slow hosts"). Every figure of a run
+that is CPU per something moves with it, so each run times the probe every two seconds
+through its window, in a process of its own at the lowest priority
+(``processes.start_host_probe``), and the report gives the figures beside the steal. The
+figure is CPU time, so the probe's own waits for a core leave it alone.
 """
 
 from __future__ import annotations
@@ -39,19 +39,30 @@ def cpu_ms(work: Callable[[], object]) -> float:
     return (time.thread_time() - started) * 1e3
 
 
+PAUSE_S = 2.0
+"""The pause between two timings: about 2% of a core (43 ms of work every 2 s), so that
+the probe leaves the run alone. (Back to back, at the lowest priority, it took whatever
+a core had idle, and the runs with it were the slowest of their session.)"""
+
+
 def main(argv: Sequence[str]) -> int:
-    """``python -m scripts.benchlib.hostspeed SECONDS``: time ``interpreter_work`` over and
-    over for SECONDS, printing each figure (ms of CPU) on a line of its own."""
-    until = time.monotonic() + float(argv[0])
+    """``python -m scripts.benchlib.hostspeed DELAY SECONDS``: after DELAY seconds, time
+    ``interpreter_work`` every ``PAUSE_S`` for SECONDS, printing each figure (ms of CPU)
+    on a line of its own."""
+    delay, seconds = float(argv[0]), float(argv[1])
+    time.sleep(max(0.0, delay))
+    until = time.monotonic() + seconds
     while time.monotonic() < until:
         print(f"{cpu_ms(interpreter_work):.2f}", flush=True)
+        time.sleep(min(PAUSE_S, max(0.0, until - time.monotonic())))
     return 0
 
 
 def read_figures(text: str) -> list[float]:
-    """The figures a probe printed (a last line cut short by its stop is left out)."""
+    """The figures a probe printed; a last line cut short by its stop is left out."""
+    lines = text.split("\n")[:-1]  # (what follows the last newline is unfinished)
     out = []
-    for line in text.splitlines():
+    for line in lines:
         with contextlib.suppress(ValueError):
             out.append(float(line))
     return out

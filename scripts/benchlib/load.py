@@ -295,8 +295,9 @@ async def run_load(plan: LoadPlan, started: float, rec: Recorder) -> int:
 
 
 CALIBRATION_ATTEMPTS = 20
-"""How many times a warm-up generation is asked for before the run gives up (a refusal
-waits for its Retry-After, at most a second)."""
+"""How many times a warm-up generation is asked for, while the service answers 429, before
+the run gives up (each 429 waits for its Retry-After, at most a second); any other
+failure ends the warm-up at once."""
 
 
 async def calibrate(host: str, port: int, mode: str) -> dict[str, Trace]:
@@ -310,10 +311,11 @@ async def calibrate(host: str, port: int, mode: str) -> dict[str, Trace]:
         try:
             for _ in range(CALIBRATION_ATTEMPTS):  # (a service just started may shed)
                 request_id = await slot.create(prompt)
-                if request_id is not None:
+                if request_id is not None or rec.errors:  # (only a 429 is no error)
                     break
-            else:
-                raise RuntimeError(f"calibration request refused: {dict(rec.errors)}")
+            if request_id is None:
+                why = dict(rec.errors) or f"429, {CALIBRATION_ATTEMPTS} times"
+                raise RuntimeError(f"calibration request refused: {why}")
             await slot.follow(request_id, posted, 0)
         finally:
             slot.drop_idle()  # no next request comes

@@ -1,9 +1,10 @@
-"""The processes the harness starts: the service, the relay, the profiler.
+"""The processes the harness starts: the service, the relay, the profiler, the host probe.
 
 Every child is registered as it starts and stopped by :func:`stop_all` (SIGTERM, then
 SIGKILL after a grace period), which the command line calls on any exit, Ctrl-C
 included. Children run in their own session so that a terminal's Ctrl-C reaches only the
-harness, which then stops them in order; and the kernel sends them SIGTERM should the
+harness, which then stops them in order (but the host probe, which stays in the
+harness's session and stops with it); and the kernel sends them SIGTERM should the
 harness itself die without cleaning up (PR_SET_PDEATHSIG).
 """
 
@@ -167,10 +168,12 @@ def start_relay(workdir: Path, scripts: Path) -> tuple[Child, int]:
     return Child("relay", argv, os.environ, workdir / "relay.log"), port
 
 
-def start_host_probe(seconds: float, out: Path) -> Child:
-    """``hostspeed`` timing its fixed work over and over for ``seconds``, one figure (ms of
-    CPU) a line in ``out``; in the background, so that it takes about 1% of a busy core."""
-    argv = [sys.executable, "-m", "scripts.benchlib.hostspeed", f"{seconds:.1f}"]
+def start_host_probe(delay: float, seconds: float, out: Path) -> Child:
+    """``hostspeed`` timing its fixed work every two seconds for ``seconds`` from ``delay``
+    seconds on, one figure (ms of CPU) a line in ``out`` (emptied first); in the
+    background."""
+    out.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "scripts.benchlib.hostspeed", f"{delay:.3f}", f"{seconds:.1f}"]
     return Child("host probe", argv, os.environ, out, background=True)
 
 

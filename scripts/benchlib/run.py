@@ -121,9 +121,7 @@ class TargetResult:
     """Cores other processes used just before the load (the wait for quiet ended there)."""
     steal: float = math.nan
     """Share of the machine's CPU time the host took back in the window (0..1): busy time
-    in /proc/stat, but not another process's (``other_cpu`` leaves it out). The
-    processes' own CPU times hold a little of it: in a run with 0.55 cores of steal,
-    ``other_cpu`` read -0.13 cores, against -0.02 to -0.03 in runs with none."""
+    in /proc/stat, but not another process's (``other_cpu`` leaves it out)."""
     host_probe_ms: list[float] = field(default_factory=list)
     """The host's speed through the window: the CPU time of a fixed piece of interpreter
     work, timed over and over (``hostspeed``)."""
@@ -380,12 +378,6 @@ async def wait_for_quiet(pid: int, max_wait_s: float, log: Callable[[str], None]
     return busy
 
 
-async def _probe_host(start: float, seconds: float, out: Path) -> Child:
-    """The host probe, started at ``start`` for ``seconds`` (the window)."""
-    await _sleep_until(start)
-    return start_host_probe(seconds, out)
-
-
 async def _host_figures(probe: Child) -> list[float]:
     """What the host probe timed (it ends with the window: one at its last figure yet after
     30 s more is stopped there)."""
@@ -437,7 +429,7 @@ async def run_target(
     else:
         child, port = start_relay(workdir, scripts_path)
     profiler: Child | None = None
-    probe: asyncio.Task[Child] | None = None
+    probe: Child | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         await wait_ready(child, port)
@@ -476,10 +468,9 @@ async def run_target(
         rec = recorder(plan, started)
         monitor = asyncio.create_task(_monitor(child.pid, port, rec, samples, level.workers))
         load = asyncio.create_task(run_load(plan, started, rec))
-        probe = asyncio.create_task(
-            _probe_host(window_start, level.duration_s, workdir / f"{target}-host-probe.txt")
-        )
-        tasks += [monitor, load, probe]
+        probe_out = workdir / f"{target}-{level.streams}-host-probe.txt"
+        probe = start_host_probe(window_start - time.time(), level.duration_s, probe_out)
+        tasks += [monitor, load]
         profile_out = workdir / "py-spy.txt"
         if level.profile and target == "service":
             await _sleep_until(window_start)
@@ -489,7 +480,7 @@ async def run_target(
         result.unfinished_slots = await load
         await monitor
         _fill(result, rec, samples, rss_idle)
-        result.host_probe_ms = await _host_figures(await probe)
+        result.host_probe_ms = await _host_figures(probe)
         if profiler is not None:
             await asyncio.to_thread(profiler.popen.wait, 60)
             if profile_out.exists():
@@ -503,8 +494,8 @@ async def run_target(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if probe is not None and probe.done() and not probe.cancelled() and not probe.exception():
-            probe.result().stop()
+        if probe is not None:
+            probe.stop()
         if profiler is not None:
             profiler.stop()
         _stop(child, log)

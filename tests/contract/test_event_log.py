@@ -126,20 +126,36 @@ async def test_one_group_commit_moves_every_head_and_the_statuses_it_changes(
 ) -> None:
     # Heads whose status stays take another statement than those whose status moves; in
     # one group commit, each gets its own.
-    running, queued, finishing, again = [await create(log) for _ in range(4)]
+    running, queued, finishing, again, starting = [await create(log) for _ in range(5)]
     for rid in (running, finishing, again):
         await log.append(rid, [ev.Status(status="running")])
-    before = {rid: await log.get(rid) for rid in (running, queued, finishing, again)}
+    before = {rid: await log.get(rid) for rid in (running, queued, finishing, again, starting)}
+    created = new_id()
     commits = log.stats.commits
-    await asyncio.gather(
+    results = await asyncio.gather(
         log.append(running, [ev.ResponseChunk(delta="a"), ev.ResponseChunk(delta="b")]),
         log.append(queued, [ev.Stage(stage="waiting", progress=0)]),
         log.append(finishing, [ev.ResponseChunk(delta="c"), ev.Complete(content="c")]),
+        log.append(finishing, [ev.ResponseChunk(delta="too late")]),
         log.append(again, [ev.Status(status="running"), ev.ResponseChunk(delta="d")]),
+        log.append(starting, [ev.Status(status="running")]),
+        log.append(starting, [ev.ResponseChunk(delta="e")]),
+        log.create(
+            NewRequest(request_id=created, user_id="u", mode="chat"),
+            [ev.Created(mode="chat", prompt="hi"), ev.Status(status="queued")],
+        ),
+        return_exceptions=True,
     )
     assert log.stats.commits == commits + 1
-    expected = {running: ("running", 5), queued: ("queued", 3), finishing: ("completed", 5)}
-    expected[again] = ("running", 5)
+    assert isinstance(results[3], StreamClosed)
+    assert not any(isinstance(r, BaseException) for i, r in enumerate(results) if i != 3)
+    expected = {
+        running: ("running", 5),
+        queued: ("queued", 3),
+        finishing: ("completed", 5),
+        again: ("running", 5),
+        starting: ("running", 4),
+    }
     for rid, (status, last_seq) in expected.items():
         record, old = await log.get(rid), before[rid]
         view = fold_request(await log.read(rid))
@@ -148,6 +164,8 @@ async def test_one_group_commit_moves_every_head_and_the_statuses_it_changes(
             (record.status, record.last_seq) == (status, last_seq) == (view.status, view.last_seq)
         )
         assert record.updated_at == view.updated_at > old.updated_at
+    record = await log.get(created)
+    assert record is not None and (record.status, record.last_seq) == ("queued", 2)
 
 
 async def test_the_ids_an_append_returns_are_the_stored_ones(log: EventLog) -> None:

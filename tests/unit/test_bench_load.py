@@ -154,3 +154,11 @@ async def test_the_warm_up_waits_out_refusals() -> None:
     assert sorted(traces) == sorted(PROMPTS)
     assert service.created == len(PROMPTS) and service.refuse == 0
     assert all([kind for _, kind, _ in trace] == list(TYPES) for trace in traces.values())
+
+
+@pytest.mark.anyio
+async def test_the_warm_up_gives_up_at_once_on_anything_but_a_refusal() -> None:
+    async with fake_service() as (_, port):
+        pass  # (closed: nothing listens on the port any more)
+    with pytest.raises(RuntimeError, match=r"calibration request refused: \{'POST "):
+        await asyncio.wait_for(calibrate("127.0.0.1", port, "chat"), 2)  # (not 20 x 0.2 s)
