@@ -328,7 +328,8 @@ class Engines:
         statement that sets ``status`` rewrites its entries in the two indexes that hold
         it even when the value is the same: on SQLite that made a group commit of 18
         chunks write 68 pages to the log rather than 46, with a quarter more CPU in the
-        transaction (docs/benchmarks.md, "Heads without their status"). So those rows take a
+        transaction, measured in isolation (docs/benchmarks.md, "Heads without their
+        status"). So those rows take a
         statement that leaves ``status`` out. SQLite: ``executemany`` on the driver's
         connection, as for the events themselves.
         """

@@ -5,9 +5,9 @@ On a shared virtual machine the CPU time that the same work takes is not fixed. 
 (time the host ran something else while a core of ours was ready) shows only part of it:
 on the machine these figures come from, this probe took 42.6-44.5 ms of CPU in a quiet
 minute and 43-107 ms, swinging within seconds, in a noisy one, with nothing else of ours
-running and no steal (docs/benchmarks.md, "Quick and slow hosts"). Every figure of a run
-that is CPU per something moves with it, so each run times the probe every two seconds
-through its window, in a process of its own at the lowest priority
+running and 1 jiffy of steal in 3 s (docs/benchmarks.md, "Quick and slow hosts"). Every
+figure of a run that is CPU per something moves with it, so each run times the probe
+every two seconds through its window, in a process of its own at the lowest priority
 (``processes.start_host_probe``), and the report gives the figures beside the steal. The
 figure is CPU time, so the probe's own waits for a core leave it alone.
 """
@@ -46,15 +46,14 @@ a core had idle, and the runs with it were the slowest of their session.)"""
 
 
 def main(argv: Sequence[str]) -> int:
-    """``python -m scripts.benchlib.hostspeed DELAY SECONDS``: after DELAY seconds, time
-    ``interpreter_work`` every ``PAUSE_S`` for SECONDS, printing each figure (ms of CPU)
-    on a line of its own."""
-    delay, seconds = float(argv[0]), float(argv[1])
-    time.sleep(max(0.0, delay))
-    until = time.monotonic() + seconds
-    while time.monotonic() < until:
+    """``python -m scripts.benchlib.hostspeed START END``: from wall-clock time START to
+    END (seconds since the epoch, as ``time.time()``), time ``interpreter_work`` every
+    ``PAUSE_S``, printing each figure (ms of CPU) on a line of its own."""
+    start, end = float(argv[0]), float(argv[1])
+    time.sleep(max(0.0, start - time.time()))
+    while time.time() < end:
         print(f"{cpu_ms(interpreter_work):.2f}", flush=True)
-        time.sleep(min(PAUSE_S, max(0.0, until - time.monotonic())))
+        time.sleep(min(PAUSE_S, max(0.0, end - time.time())))
     return 0
 
 

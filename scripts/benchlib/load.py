@@ -310,8 +310,9 @@ async def calibrate(host: str, port: int, mode: str) -> dict[str, Trace]:
         posted = time.time()
         try:
             for _ in range(CALIBRATION_ATTEMPTS):  # (a service just started may shed)
+                errors = rec.errors.total()
                 request_id = await slot.create(prompt)
-                if request_id is not None or rec.errors:  # (only a 429 is no error)
+                if request_id is not None or rec.errors.total() > errors:  # (a 429 is none)
                     break
             if request_id is None:
                 why = dict(rec.errors) or f"429, {CALIBRATION_ATTEMPTS} times"

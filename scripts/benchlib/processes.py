@@ -52,9 +52,10 @@ def _lowest_priority() -> None:  # runs in the child between fork and exec
 
 class Child:
     """One started process, its log file, and how to stop it. ``background``: at the lowest
-    priority, in this process's session (with the kernel's autogroup scheduling, a session
-    of its own would be a scheduling group as weighty as the service's); otherwise in a
-    session of its own."""
+    priority, in this process's session, so that it shares the harness's scheduling group
+    (with the kernel's autogroup scheduling each session is one, as weighty as the
+    service's, and priorities order processes only within it); otherwise in a session of
+    its own."""
 
     def __init__(
         self,
@@ -168,12 +169,13 @@ def start_relay(workdir: Path, scripts: Path) -> tuple[Child, int]:
     return Child("relay", argv, os.environ, workdir / "relay.log"), port
 
 
-def start_host_probe(delay: float, seconds: float, out: Path) -> Child:
-    """``hostspeed`` timing its fixed work every two seconds for ``seconds`` from ``delay``
-    seconds on, one figure (ms of CPU) a line in ``out`` (emptied first); in the
-    background."""
+def start_host_probe(start: float, end: float, out: Path) -> Child:
+    """``hostspeed`` timing its fixed work every two seconds from wall-clock time ``start``
+    to ``end``, one figure (ms of CPU) a line in ``out`` (emptied first); in the
+    background, where its pauses, not its priority, keep it to about 2% of a core (its
+    scheduling group is the harness's, which the service's does not outrank)."""
     out.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "scripts.benchlib.hostspeed", f"{delay:.3f}", f"{seconds:.1f}"]
+    argv = [sys.executable, "-m", "scripts.benchlib.hostspeed", f"{start:.3f}", f"{end:.3f}"]
     return Child("host probe", argv, os.environ, out, background=True)
 
 

@@ -124,7 +124,7 @@ class TargetResult:
     in /proc/stat, but not another process's (``other_cpu`` leaves it out)."""
     host_probe_ms: list[float] = field(default_factory=list)
     """The host's speed through the window: the CPU time of a fixed piece of interpreter
-    work, timed over and over (``hostspeed``)."""
+    work, timed every two seconds (``hostspeed``)."""
     client_lag: Summary | None = None
     events_per_commit: float = math.nan
     write_delay: HistogramWindow | None = None
@@ -469,7 +469,7 @@ async def run_target(
         monitor = asyncio.create_task(_monitor(child.pid, port, rec, samples, level.workers))
         load = asyncio.create_task(run_load(plan, started, rec))
         probe_out = workdir / f"{target}-{level.streams}-host-probe.txt"
-        probe = start_host_probe(window_start - time.time(), level.duration_s, probe_out)
+        probe = start_host_probe(window_start, window_start + level.duration_s, probe_out)
         tasks += [monitor, load]
         profile_out = workdir / "py-spy.txt"
         if level.profile and target == "service":

@@ -22,11 +22,13 @@ class FakeService:
     """Answers ``POST /assistant/request`` with 201, a stream with four chunked events
     (404 for ``gone``); counts the connections it accepted and the requests on each."""
 
-    def __init__(self, refuse: int = 0) -> None:
+    def __init__(self, refuse: int = 0, broken: bool = False) -> None:
         self.requests_per_connection: list[int] = []
         self.created = 0
         self.refuse = refuse
         """The first POSTs to answer 429, as a service shedding load does."""
+        self.broken = broken
+        """Answer every POST 500."""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         index = len(self.requests_per_connection)
@@ -37,7 +39,9 @@ class FakeService:
                 lines = head.decode("latin-1").split("\r\n")
                 headers = dict(line.lower().split(": ", 1) for line in lines[1:] if line)
                 await reader.readexactly(int(headers.get("content-length", "0")))
-                if lines[0].startswith("POST") and self.refuse > 0:
+                if lines[0].startswith("POST") and self.broken:
+                    writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+                elif lines[0].startswith("POST") and self.refuse > 0:
                     self.refuse -= 1
                     writer.write(
                         b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 0\r\n"
@@ -83,8 +87,10 @@ class FakeService:
 
 
 @asynccontextmanager
-async def fake_service(refuse: int = 0) -> AsyncIterator[tuple[FakeService, int]]:
-    service = FakeService(refuse)
+async def fake_service(
+    refuse: int = 0, broken: bool = False
+) -> AsyncIterator[tuple[FakeService, int]]:
+    service = FakeService(refuse, broken)
     server = await asyncio.start_server(service.handle, "127.0.0.1", 0)
     try:
         yield service, server.sockets[0].getsockname()[1]
@@ -158,7 +164,8 @@ async def test_the_warm_up_waits_out_refusals() -> None:
 
 @pytest.mark.anyio
 async def test_the_warm_up_gives_up_at_once_on_anything_but_a_refusal() -> None:
-    async with fake_service() as (_, port):
-        pass  # (closed: nothing listens on the port any more)
-    with pytest.raises(RuntimeError, match=r"calibration request refused: \{'POST "):
-        await asyncio.wait_for(calibrate("127.0.0.1", port, "chat"), 2)  # (not 20 x 0.2 s)
+    async with fake_service(broken=True) as (service, port):
+        with pytest.raises(RuntimeError, match=r"calibration request refused: \{'POST 500'"):
+            await calibrate("127.0.0.1", port, "chat")
+    # One POST per warm-up generation: a 500 is not waited out as a 429 is.
+    assert sum(service.requests_per_connection) == len(PROMPTS)
