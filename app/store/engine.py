@@ -329,9 +329,8 @@ class Engines:
         it even when the value is the same: on SQLite that made a group commit of 18
         chunks write 68 pages to the log rather than 46, with a quarter more CPU in the
         transaction, measured in isolation (docs/benchmarks.md, "Heads without their
-        status"). So those rows take a
-        statement that leaves ``status`` out. SQLite: ``executemany`` on the driver's
-        connection, as for the events themselves.
+        status"). So those rows take a statement that leaves ``status`` out. SQLite:
+        ``executemany`` on the driver's connection, as for the events themselves.
         """
         moved = [(rid, seq, status) for rid, (seq, status) in heads.items() if status is not None]
         kept = [(rid, seq) for rid, (seq, status) in heads.items() if status is None]

@@ -131,19 +131,22 @@ def machine_times() -> MachineTimes:
     return parse_machine_times(Path("/proc/stat").read_text())
 
 
+def _share(before: MachineTimes, after: MachineTimes, part: Callable[[MachineTimes], int]) -> float:
+    """``part``'s share of all CPUs' time between two readings (0..1; NaN for none)."""
+    total = after.total - before.total
+    return (part(after) - part(before)) / total if total > 0 else float("nan")
+
+
 def busy_fraction(before: MachineTimes, after: MachineTimes) -> float:
     """Share of all CPUs' time spent busy between two readings (0..1)."""
-    total = after.total - before.total
-    return (after.busy - before.busy) / total if total > 0 else float("nan")
+    return _share(before, after, lambda t: t.busy)
 
 
 def interrupt_fraction(before: MachineTimes, after: MachineTimes) -> float:
     """Share of all CPUs' time spent in irq and softirq handlers (loopback TCP runs there)."""
-    total = after.total - before.total
-    return (after.interrupts - before.interrupts) / total if total > 0 else float("nan")
+    return _share(before, after, lambda t: t.interrupts)
 
 
 def steal_fraction(before: MachineTimes, after: MachineTimes) -> float:
     """Share of all CPUs' time the host took back (steal) between two readings (0..1)."""
-    total = after.total - before.total
-    return (after.steal - before.steal) / total if total > 0 else float("nan")
+    return _share(before, after, lambda t: t.steal)
